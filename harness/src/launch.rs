@@ -1,0 +1,158 @@
+//! One run from start to finish, as `lunavm run` does it: build the machine,
+//! load the kernel, run to a stop, map the stop to an exit code, report.
+
+use std::path::{Path, PathBuf};
+
+use crate::boot::Module;
+use crate::emulate;
+use crate::exit_code;
+use crate::guests;
+use crate::machine::{Machine, MachineConfig, MachineError, StopCondition, StopReason};
+use crate::report::RunReport;
+
+/// What to boot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KernelSource {
+    /// A built-in guest by name.
+    Guest(String),
+    /// A kernel file.
+    File(PathBuf),
+}
+
+/// Everything `lunavm run` needs.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// What to boot.
+    pub kernel: KernelSource,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// Module files with their command lines.
+    pub modules: Vec<(PathBuf, String)>,
+    /// Machine configuration.
+    pub machine: MachineConfig,
+    /// Stop condition.
+    pub stop: StopCondition,
+    /// Map debug-exit values the way QEMU does: (value << 1) | 1.
+    pub qemu_exit_codes: bool,
+}
+
+/// Errors that stop a run before it produces a stop reason.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// No built-in guest of that name.
+    #[error("No built-in guest named '{0}': `lunavm guests` lists them")]
+    UnknownGuest(String),
+    /// A file could not be read.
+    #[error("Cannot read {what} {path}")]
+    Read {
+        /// "kernel" or "module".
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Building or running the machine failed.
+    #[error(transparent)]
+    Machine(#[from] MachineError),
+}
+
+impl LaunchError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            LaunchError::UnknownGuest(_) | LaunchError::Read { .. } => exit_code::BAD_INPUT,
+            LaunchError::Machine(MachineError::Boot(_)) => exit_code::BAD_INPUT,
+            LaunchError::Machine(_) => exit_code::HOST_ERROR,
+        }
+    }
+}
+
+/// The result of a run.
+pub struct RunOutcome {
+    /// The report (stop reason, exit code, counters).
+    pub report: RunReport,
+    /// The machine after the run, for callers that inspect it.
+    pub machine: Machine,
+}
+
+fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, LaunchError> {
+    std::fs::read(path).map_err(|source| LaunchError::Read { what, path: path.to_owned(), source })
+}
+
+/// Maps a stop reason to lunavm's process exit code.
+pub fn exit_code_for(stop: &StopReason, qemu_exit_codes: bool) -> u8 {
+    match stop {
+        StopReason::GuestExit { value } => exit_code::from_guest_value(*value, qemu_exit_codes),
+        StopReason::Done { status } => (status & 0xff) as u8,
+        StopReason::Assert { .. } => exit_code::GUEST_ASSERT,
+        StopReason::Halted { .. } => exit_code::HALTED,
+        StopReason::Shutdown { .. } => exit_code::SHUTDOWN,
+        StopReason::EmulationFailure { .. } => exit_code::EMULATION_FAILURE,
+        StopReason::ExitBudget { .. } | StopReason::TimeBudget { .. } => exit_code::BUDGET_EXHAUSTED,
+        StopReason::Sync { .. }
+        | StopReason::EntryFailure { .. }
+        | StopReason::InternalError { .. }
+        | StopReason::UnexpectedExit { .. } => exit_code::VM_ERROR,
+    }
+}
+
+/// Parses `--no-complete` values: "all" or a comma-separated list of entries.
+pub fn parse_no_complete(list: &str) -> Result<Vec<emulate::Entry>, String> {
+    if list == "all" {
+        return Ok(emulate::Entry::ALL.to_vec());
+    }
+    list.split(',')
+        .filter(|s| !s.is_empty())
+        .map(|name| {
+            emulate::Entry::from_name(name).ok_or_else(|| {
+                let names: Vec<&str> = emulate::Entry::ALL.iter().map(|e| e.name()).collect();
+                format!("unknown completion '{name}'; use all or some of: {}", names.join(","))
+            })
+        })
+        .collect()
+}
+
+/// Boots and runs one kernel to a stop.
+pub fn run(opts: &RunOptions) -> Result<RunOutcome, LaunchError> {
+    let (name, image): (String, std::borrow::Cow<'static, [u8]>) = match &opts.kernel {
+        KernelSource::Guest(g) => {
+            let guest = guests::find(g).ok_or_else(|| LaunchError::UnknownGuest(g.clone()))?;
+            (format!("guest:{}", guest.name), guest.elf.into())
+        }
+        KernelSource::File(p) => (p.display().to_string(), read("kernel", p)?.into()),
+    };
+    let modules = opts
+        .modules
+        .iter()
+        .map(|(p, cmdline)| Ok(Module { data: read("module", p)?, cmdline: cmdline.clone() }))
+        .collect::<Result<Vec<_>, LaunchError>>()?;
+
+    let mut machine = Machine::new(opts.machine.clone())?;
+    machine.load_kernel(&image, &opts.cmdline, &modules)?;
+    let stop = machine.run(&opts.stop)?;
+    let code = exit_code_for(&stop, opts.qemu_exit_codes);
+    let report = RunReport::new(&machine, name, opts.cmdline.clone(), stop, code);
+    Ok(RunOutcome { report, machine })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_complete_lists_parse() {
+        assert_eq!(parse_no_complete("all").unwrap().len(), emulate::Entry::ALL.len());
+        assert_eq!(parse_no_complete("int3,xgetbv").unwrap(), vec![emulate::Entry::Int3, emulate::Entry::Xgetbv]);
+        assert!(parse_no_complete("bogus").unwrap_err().contains("bogus"));
+    }
+
+    #[test]
+    fn stop_reasons_map_to_fixed_codes() {
+        assert_eq!(exit_code_for(&StopReason::GuestExit { value: 3 }, false), 3);
+        assert_eq!(exit_code_for(&StopReason::GuestExit { value: 3 }, true), 7);
+        assert_eq!(exit_code_for(&StopReason::ExitBudget { exits: 1 }, false), exit_code::BUDGET_EXHAUSTED);
+        assert_eq!(exit_code_for(&StopReason::Halted { rip: 0, interrupts_enabled: false }, false), exit_code::HALTED);
+    }
+}

@@ -1,0 +1,243 @@
+//! The machine: one VM with its vCPUs, memory, device buses and virtual clock.
+//! Front ends (CLI, scripts, gdb, fuzzers) drive it through `run`; none of them
+//! touches KVM directly.
+
+mod run;
+pub mod stats;
+pub mod stop;
+
+use std::sync::{Arc, Mutex};
+
+use kvm_bindings::CpuId;
+use kvm_ioctls::VcpuFd;
+
+use crate::boot::{self, BootError, LoadedKernel, Module};
+use crate::clock::Clock;
+use crate::devices::{
+    self, bus::BusError, debug_exit::DebugExit, post_code::PostCode, serial::SerialDevice, Bus,
+};
+use crate::emulate::{self, Completer};
+use crate::entropy::DEFAULT_SEED;
+use crate::layout;
+use crate::vm::cpu_probe::{self, CpuidComparison, EffectiveCpuid, ProbeError};
+use crate::vm::cpuid::{self, CpuProfile};
+use crate::vm::{Vm, VmError};
+
+pub use stats::{ExitCounts, UcallLog};
+pub use stop::{StopCondition, StopReason};
+
+/// How to build a machine.
+#[derive(Clone, Debug)]
+pub struct MachineConfig {
+    /// Guest RAM in bytes.
+    pub mem_size: u64,
+    /// CPU profile.
+    pub cpu: CpuProfile,
+    /// Seed for every entropy source.
+    pub seed: u64,
+    /// Copy serial output to stdout as it is produced.
+    pub echo_serial: bool,
+    /// Completion-table entries switched off.
+    pub no_complete: Vec<emulate::Entry>,
+    /// Print ucall PRINT messages on stderr as they arrive.
+    pub echo_ucall_prints: bool,
+}
+
+impl Default for MachineConfig {
+    fn default() -> Self {
+        MachineConfig {
+            mem_size: layout::DEFAULT_MEM_SIZE,
+            cpu: CpuProfile::Baseline,
+            seed: DEFAULT_SEED,
+            echo_serial: false,
+            no_complete: Vec::new(),
+            echo_ucall_prints: false,
+        }
+    }
+}
+
+/// Errors of building or running a machine.
+#[derive(Debug, thiserror::Error)]
+pub enum MachineError {
+    /// VM creation failed.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// Probing the effective CPUID failed.
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    /// Loading the kernel failed.
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    /// A device could not be placed.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    /// KVM_RUN failed.
+    #[error("KVM_RUN failed")]
+    Run(#[source] kvm_ioctls::Error),
+    /// A KVM call of the run loop failed.
+    #[error("KVM refused to {what}")]
+    Kvm {
+        /// What was being done.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// Completing an instruction failed in KVM.
+    #[error(transparent)]
+    Completion(#[from] emulate::CompletionError),
+}
+
+/// The machine.
+pub struct Machine {
+    config: MachineConfig,
+    vcpu: VcpuFd,
+    vm: Vm,
+    requested_cpuid: CpuId,
+    effective_cpuid: EffectiveCpuid,
+    pio_bus: Bus,
+    mmio_bus: Bus,
+    serial: Arc<Mutex<SerialDevice>>,
+    post_code: Arc<Mutex<PostCode>>,
+    clock: Clock,
+    exits: ExitCounts,
+    ucalls: UcallLog,
+    completer: Completer,
+    kernel: Option<LoadedKernel>,
+}
+
+impl Machine {
+    /// Creates the VM, its vCPU and devices, and measures the effective CPUID.
+    pub fn new(config: MachineConfig) -> Result<Machine, MachineError> {
+        let vm = Vm::new(config.mem_size)?;
+        let requested_cpuid = cpuid::build(&vm.kvm, config.cpu).map_err(VmError::from)?;
+        let mut vcpu = vm.create_vcpu(0, &requested_cpuid)?;
+        let effective_cpuid = cpu_probe::probe(&mut vcpu, &vm.mem)?;
+
+        let serial = Arc::new(Mutex::new(SerialDevice::new(config.echo_serial)));
+        let post_code = Arc::new(Mutex::new(PostCode::new()));
+        let mut pio_bus = Bus::new();
+        pio_bus.insert(
+            u64::from(devices::SERIAL_PORT),
+            u64::from(devices::SERIAL_PORT_LEN),
+            serial.clone(),
+        )?;
+        pio_bus.insert(
+            u64::from(devices::DEBUG_EXIT_PORT),
+            u64::from(devices::DEBUG_EXIT_PORT_LEN),
+            Arc::new(Mutex::new(DebugExit::new())),
+        )?;
+        pio_bus.insert(u64::from(devices::POST_CODE_PORT), 1, post_code.clone())?;
+
+        let completer = Completer::new(config.no_complete.clone(), config.seed);
+        Ok(Machine {
+            config,
+            vcpu,
+            vm,
+            requested_cpuid,
+            effective_cpuid,
+            pio_bus,
+            mmio_bus: Bus::new(),
+            serial,
+            post_code,
+            clock: Clock::new(),
+            exits: ExitCounts::default(),
+            ucalls: UcallLog::default(),
+            completer,
+            kernel: None,
+        })
+    }
+
+    /// Loads a kernel image and sets the vCPU to its entry state.
+    pub fn load_kernel(
+        &mut self,
+        image: &[u8],
+        cmdline: &str,
+        modules: &[Module],
+    ) -> Result<&LoadedKernel, MachineError> {
+        let kernel = boot::load(&self.vm.mem, self.vm.mem_size, image, cmdline, modules)?;
+        boot::enter(&self.vcpu, &self.vm.mem, &kernel)?;
+        Ok(self.kernel.insert(kernel))
+    }
+
+    /// The configuration the machine was built with.
+    pub fn config(&self) -> &MachineConfig {
+        &self.config
+    }
+
+    /// The loaded kernel, if any.
+    pub fn kernel(&self) -> Option<&LoadedKernel> {
+        self.kernel.as_ref()
+    }
+
+    /// The CPUID the guest was given.
+    pub fn requested_cpuid(&self) -> &CpuId {
+        &self.requested_cpuid
+    }
+
+    /// The CPUID the guest was measured to see.
+    pub fn effective_cpuid(&self) -> &EffectiveCpuid {
+        &self.effective_cpuid
+    }
+
+    /// Requested against effective CPUID.
+    pub fn cpuid_comparison(&self) -> CpuidComparison {
+        cpu_probe::compare(&self.requested_cpuid, &self.effective_cpuid)
+    }
+
+    /// Everything the guest wrote to the serial port.
+    pub fn serial_output(&self) -> Vec<u8> {
+        devices::bus::lock(&self.serial).output().to_vec()
+    }
+
+    /// Queues bytes for the guest to read from the serial port.
+    pub fn serial_input(&self, bytes: &[u8]) {
+        devices::bus::lock(&self.serial).feed(bytes);
+    }
+
+    /// The last POST code and how many were written.
+    pub fn post_code(&self) -> (u8, u64) {
+        let p = devices::bus::lock(&self.post_code);
+        (p.last(), p.writes())
+    }
+
+    /// The virtual clock.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Exit counters.
+    pub fn exits(&self) -> &ExitCounts {
+        &self.exits
+    }
+
+    /// What the guest said through the ucall port.
+    pub fn ucalls(&self) -> &UcallLog {
+        &self.ucalls
+    }
+
+    /// Completion-table counters.
+    pub fn completions(&self) -> &std::collections::BTreeMap<emulate::Entry, u64> {
+        self.completer.counts()
+    }
+
+    /// Unclaimed port accesses.
+    pub fn unclaimed_pio(&self) -> devices::bus::Unclaimed {
+        self.pio_bus.unclaimed()
+    }
+
+    /// Unclaimed MMIO accesses.
+    pub fn unclaimed_mmio(&self) -> devices::bus::Unclaimed {
+        self.mmio_bus.unclaimed()
+    }
+
+    /// Guest memory.
+    pub fn memory(&self) -> &crate::vm::memory::GuestMem {
+        &self.vm.mem
+    }
+
+    /// The vCPU, for front ends that read registers.
+    pub fn vcpu(&self) -> &VcpuFd {
+        &self.vcpu
+    }
+}

@@ -1,0 +1,234 @@
+//! The run loop: enter the guest, handle each exit, stop when a condition holds.
+
+use kvm_bindings::KVM_INTERNAL_ERROR_EMULATION;
+use kvm_ioctls::VcpuExit;
+
+use super::{Machine, MachineError, StopCondition, StopReason};
+use crate::clock::Charge;
+use crate::devices::{bus::lock, DeviceEvent, UCALL_PORT};
+use crate::emulate::{Completer, Context, FailedInstruction, Outcome};
+use crate::ucall::{self, Command, UCALL_STRUCT_SIZE};
+use crate::vm::access;
+use crate::vm::regs::{code_bitness, linear_rip, paging_regs, RegisterDump};
+
+/// What an exit left to do after the vCPU borrow ends.
+enum Pending {
+    None,
+    Write { port: u16, data: [u8; 8], len: usize },
+    Ucall { eax: u32 },
+    MmioWrite { addr: u64, data: [u8; 8], len: usize },
+    Halt,
+    Shutdown,
+    Emulation,
+    Internal(u32),
+    FailEntry(u64),
+    Unexpected(String),
+}
+
+fn copy8(src: &[u8]) -> ([u8; 8], usize) {
+    let mut d = [0u8; 8];
+    let n = src.len().min(8);
+    d[..n].copy_from_slice(&src[..n]);
+    (d, n)
+}
+
+impl Machine {
+    /// Runs the guest until it ends the run or `cond` holds.
+    pub fn run(&mut self, cond: &StopCondition) -> Result<StopReason, MachineError> {
+        let reason = self.run_inner(cond);
+        lock(&self.serial).flush();
+        reason
+    }
+
+    fn run_inner(&mut self, cond: &StopCondition) -> Result<StopReason, MachineError> {
+        let start_exits = self.clock.guest_exits();
+        let start_ns = self.clock.now_ns();
+        loop {
+            let exits = self.clock.guest_exits() - start_exits;
+            if cond.max_exits.is_some_and(|m| exits >= m) {
+                return Ok(StopReason::ExitBudget { exits });
+            }
+            let ns = self.clock.now_ns() - start_ns;
+            if cond.max_time_ns.is_some_and(|m| ns >= m) {
+                return Ok(StopReason::TimeBudget { ns });
+            }
+
+            let pending = match self.vcpu.run() {
+                Ok(VcpuExit::IoOut(port, data)) => {
+                    self.exits.pio_out += 1;
+                    if port == UCALL_PORT && data.len() == 4 {
+                        let eax = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
+                        Pending::Ucall { eax }
+                    } else {
+                        let (data, len) = copy8(data);
+                        Pending::Write { port, data, len }
+                    }
+                }
+                Ok(VcpuExit::IoIn(port, data)) => {
+                    self.exits.pio_in += 1;
+                    self.clock.charge(Charge::Pio);
+                    self.pio_bus.read(u64::from(port), data);
+                    Pending::None
+                }
+                Ok(VcpuExit::MmioRead(addr, data)) => {
+                    self.exits.mmio_read += 1;
+                    self.clock.charge(Charge::Mmio);
+                    self.mmio_bus.read(addr, data);
+                    Pending::None
+                }
+                Ok(VcpuExit::MmioWrite(addr, data)) => {
+                    self.exits.mmio_write += 1;
+                    let (data, len) = copy8(data);
+                    Pending::MmioWrite { addr, data, len }
+                }
+                Ok(VcpuExit::Hlt) => Pending::Halt,
+                Ok(VcpuExit::Shutdown) => Pending::Shutdown,
+                Ok(VcpuExit::InternalError) => {
+                    let run = self.vcpu.get_kvm_run();
+                    // SAFETY: KVM set exit_reason to KVM_EXIT_INTERNAL_ERROR, which
+                    // means the `internal` member of the union is the one written.
+                    let suberror = unsafe { run.__bindgen_anon_1.internal.suberror };
+                    if suberror == KVM_INTERNAL_ERROR_EMULATION {
+                        Pending::Emulation
+                    } else {
+                        Pending::Internal(suberror)
+                    }
+                }
+                Ok(VcpuExit::FailEntry(reason, _cpu)) => Pending::FailEntry(reason),
+                Ok(other) => Pending::Unexpected(format!("{other:?}")),
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    self.exits.interrupted += 1;
+                    Pending::None
+                }
+                Err(e) => return Err(MachineError::Run(e)),
+            };
+
+            if let Some(stop) = self.finish_exit(pending, cond)? {
+                return Ok(stop);
+            }
+        }
+    }
+
+    fn finish_exit(&mut self, pending: Pending, cond: &StopCondition) -> Result<Option<StopReason>, MachineError> {
+        Ok(match pending {
+            Pending::None => None,
+            Pending::Write { port, data, len } => {
+                self.clock.charge(Charge::Pio);
+                match self.pio_bus.write(u64::from(port), &data[..len]) {
+                    Some(DeviceEvent::Exit(value)) => Some(StopReason::GuestExit { value }),
+                    None => None,
+                }
+            }
+            Pending::MmioWrite { addr, data, len } => {
+                self.clock.charge(Charge::Mmio);
+                match self.mmio_bus.write(addr, &data[..len]) {
+                    Some(DeviceEvent::Exit(value)) => Some(StopReason::GuestExit { value }),
+                    None => None,
+                }
+            }
+            Pending::Ucall { eax } => {
+                self.clock.charge(Charge::Ucall);
+                self.handle_ucall(eax, cond)?
+            }
+            Pending::Halt => {
+                self.exits.hlt += 1;
+                let regs = self.get_regs()?;
+                Some(StopReason::Halted { rip: regs.rip, interrupts_enabled: regs.rflags & (1 << 9) != 0 })
+            }
+            Pending::Shutdown => Some(StopReason::Shutdown { regs: self.dump()? }),
+            Pending::Emulation => {
+                self.exits.emulation_failure += 1;
+                self.handle_emulation_failure()?
+            }
+            Pending::Internal(suberror) => Some(StopReason::InternalError { suberror, regs: self.dump()? }),
+            Pending::FailEntry(reason) => Some(StopReason::EntryFailure { reason, regs: self.dump()? }),
+            Pending::Unexpected(exit) => Some(StopReason::UnexpectedExit { exit }),
+        })
+    }
+
+    fn get_regs(&self) -> Result<kvm_bindings::kvm_regs, MachineError> {
+        self.vcpu.get_regs().map_err(|source| MachineError::Kvm { what: "read registers", source })
+    }
+
+    fn get_sregs(&self) -> Result<kvm_bindings::kvm_sregs, MachineError> {
+        self.vcpu.get_sregs().map_err(|source| MachineError::Kvm { what: "read special registers", source })
+    }
+
+    /// A register dump of the vCPU now.
+    pub fn dump(&self) -> Result<RegisterDump, MachineError> {
+        Ok(RegisterDump::new(&self.get_regs()?, &self.get_sregs()?))
+    }
+
+    fn handle_ucall(&mut self, eax: u32, cond: &StopCondition) -> Result<Option<StopReason>, MachineError> {
+        let regs = self.get_regs()?;
+        let sregs = self.get_sregs()?;
+        let addr = if code_bitness(&sregs) == 64 { regs.rdi } else { regs.rdi & 0xffff_ffff };
+        let mut raw = [0u8; UCALL_STRUCT_SIZE];
+        let bytes = if addr == 0 {
+            None
+        } else {
+            match access::read_virt(&self.vm.mem, &paging_regs(&sregs), addr, &mut raw) {
+                Ok(()) => Some(&raw),
+                Err(e) => {
+                    self.ucalls.errors.push(ucall::UcallError::Unreadable { addr, reason: e.to_string() });
+                    return Ok(None);
+                }
+            }
+        };
+        let call = match ucall::decode(eax, addr, bytes) {
+            Ok(c) => c,
+            Err(e) => {
+                self.ucalls.errors.push(e);
+                return Ok(None);
+            }
+        };
+        self.ucalls.record(&call);
+        Ok(match call.cmd {
+            Command::Done => Some(StopReason::Done { status: call.args.first().copied().unwrap_or(0) }),
+            Command::Assert => Some(StopReason::Assert { message: call.msg, args: call.args }),
+            Command::Print => {
+                if self.config.echo_ucall_prints {
+                    eprintln!("guest: {}", call.msg);
+                }
+                None
+            }
+            Command::Sync if cond.on_sync => Some(StopReason::Sync { id: call.args.first().copied().unwrap_or(0) }),
+            Command::Sync | Command::FuzzPoint | Command::CovMap | Command::Cmp => None,
+        })
+    }
+
+    fn handle_emulation_failure(&mut self) -> Result<Option<StopReason>, MachineError> {
+        let regs = self.get_regs()?;
+        let sregs = self.get_sregs()?;
+        let bitness = code_bitness(&sregs);
+        let lrip = linear_rip(&regs, &sregs);
+        let mut buf = [0u8; 15];
+        let n = access::read_virt_prefix(&self.vm.mem, &paging_regs(&sregs), lrip, &mut buf);
+        let insn = Completer::decode(&buf[..n], bitness, regs.rip);
+        let failed = FailedInstruction {
+            linear_rip: lrip,
+            bytes: buf[..n].to_vec(),
+            disasm: Completer::disassemble(&insn, n > 0),
+            bitness,
+        };
+        if n == 0 {
+            return Ok(Some(StopReason::EmulationFailure {
+                insn: failed,
+                reason: "the instruction bytes are not mapped".into(),
+                regs: RegisterDump::new(&regs, &sregs),
+            }));
+        }
+        let ctx = Context { vcpu: &self.vcpu, mem: &self.vm.mem, regs, sregs, cpuid: &self.effective_cpuid };
+        match self.completer.complete(&ctx, &insn)? {
+            Outcome::Completed { .. } | Outcome::InvalidEncoding => {
+                self.clock.charge(Charge::Completion);
+                Ok(None)
+            }
+            Outcome::Unhandled { reason } => Ok(Some(StopReason::EmulationFailure {
+                insn: failed,
+                reason,
+                regs: RegisterDump::new(&regs, &sregs),
+            })),
+        }
+    }
+}

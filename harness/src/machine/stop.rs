@@ -1,0 +1,158 @@
+//! Stop conditions for `Machine::run` and the typed reasons a run stops.
+
+use crate::emulate::FailedInstruction;
+use crate::vm::regs::RegisterDump;
+
+/// When `Machine::run` should return, besides the guest ending the run itself.
+/// Budgets count from the start of the `run` call.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StopCondition {
+    /// Stop after this many guest-caused exits.
+    pub max_exits: Option<u64>,
+    /// Stop once this much virtual time (ns) has passed.
+    pub max_time_ns: Option<u64>,
+    /// Stop at every ucall SYNC.
+    pub on_sync: bool,
+}
+
+impl StopCondition {
+    /// Run until the guest ends the run.
+    pub fn forever() -> Self {
+        Self::default()
+    }
+}
+
+/// Why a run stopped.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum StopReason {
+    /// The guest wrote `value` to the debug-exit port.
+    GuestExit {
+        /// The value written.
+        value: u32,
+    },
+    /// The guest sent ucall DONE.
+    Done {
+        /// Its status argument.
+        status: u64,
+    },
+    /// The guest sent ucall ASSERT.
+    Assert {
+        /// "file:line: expression".
+        message: String,
+        /// The arguments (line, left, right).
+        args: Vec<u64>,
+    },
+    /// The guest sent ucall SYNC and the stop condition asked to stop there.
+    Sync {
+        /// The sync id.
+        id: u64,
+    },
+    /// The guest halted with nothing that can wake it.
+    Halted {
+        /// RIP after the `hlt`.
+        rip: u64,
+        /// RFLAGS.IF at the halt.
+        interrupts_enabled: bool,
+    },
+    /// The guest triple-faulted.
+    Shutdown {
+        /// Registers at the shutdown.
+        regs: RegisterDump,
+    },
+    /// KVM failed to emulate an instruction and lunavm did not complete it.
+    EmulationFailure {
+        /// The instruction.
+        insn: FailedInstruction,
+        /// Why it was not completed.
+        reason: String,
+        /// Registers at the failure.
+        regs: RegisterDump,
+    },
+    /// The exit budget was used up.
+    ExitBudget {
+        /// Guest-caused exits in this run call.
+        exits: u64,
+    },
+    /// The virtual-time budget was used up.
+    TimeBudget {
+        /// Virtual nanoseconds in this run call.
+        ns: u64,
+    },
+    /// KVM could not enter the guest.
+    EntryFailure {
+        /// The hardware reason code.
+        reason: u64,
+        /// Registers at the failure.
+        regs: RegisterDump,
+    },
+    /// KVM reported an internal error other than an emulation failure.
+    InternalError {
+        /// KVM's suberror code.
+        suberror: u32,
+        /// Registers at the error.
+        regs: RegisterDump,
+    },
+    /// An exit lunavm does not handle.
+    UnexpectedExit {
+        /// What it was.
+        exit: String,
+    },
+}
+
+impl StopReason {
+    /// One line for the summary.
+    pub fn describe(&self) -> String {
+        match self {
+            StopReason::GuestExit { value } => format!("guest exited with value {value} (port 0xf4)"),
+            StopReason::Done { status } => format!("guest finished with status {status} (ucall DONE)"),
+            StopReason::Assert { message, args } => {
+                let vals = match args.as_slice() {
+                    [_, l, r, ..] => format!(" (left {l:#x}, right {r:#x})"),
+                    _ => String::new(),
+                };
+                format!("guest assertion failed: {message}{vals}")
+            }
+            StopReason::Sync { id } => format!("guest reached sync point {id}"),
+            StopReason::Halted { rip, interrupts_enabled } => format!(
+                "guest halted at rip {rip:#x} with interrupts {} and no interrupt source",
+                if *interrupts_enabled { "enabled" } else { "disabled" }
+            ),
+            StopReason::Shutdown { regs } => format!(
+                "guest triple-faulted (shutdown) at rip {:#x}",
+                regs.get("rip").unwrap_or(0)
+            ),
+            StopReason::EmulationFailure { insn, reason, .. } => format!(
+                "emulation failure at {:#x}: {} [{}]: {reason}",
+                insn.linear_rip,
+                insn.disasm,
+                hex_bytes(&insn.bytes)
+            ),
+            StopReason::ExitBudget { exits } => format!("exit budget used up after {exits} exits"),
+            StopReason::TimeBudget { ns } => format!("virtual-time budget used up after {ns} ns"),
+            StopReason::EntryFailure { reason, .. } => {
+                format!("KVM could not enter the guest (hardware reason {reason:#x})")
+            }
+            StopReason::InternalError { suberror, .. } => {
+                format!("KVM internal error (suberror {suberror})")
+            }
+            StopReason::UnexpectedExit { exit } => format!("unexpected exit: {exit}"),
+        }
+    }
+
+    /// The registers recorded with this stop, if any.
+    pub fn regs(&self) -> Option<&RegisterDump> {
+        match self {
+            StopReason::Shutdown { regs }
+            | StopReason::EmulationFailure { regs, .. }
+            | StopReason::EntryFailure { regs, .. }
+            | StopReason::InternalError { regs, .. } => Some(regs),
+            _ => None,
+        }
+    }
+}
+
+/// Formats bytes as space-separated hex.
+pub fn hex_bytes(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(" ")
+}

@@ -1,0 +1,122 @@
+//! Guest RAM: vm-memory mmap regions with the VMM's own write bitmap, registered
+//! with KVM with dirty logging on every slot.
+
+use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES};
+use kvm_ioctls::VmFd;
+use vm_memory::bitmap::AtomicBitmap;
+use vm_memory::{
+    Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, GuestRegionMmap, MmapRegion,
+};
+
+use crate::layout;
+
+/// Guest RAM as the rest of lunavm sees it. The bitmap records the VMM's own
+/// writes (devices, scripts, loaders); KVM's dirty log records the guest's.
+pub type GuestMem = vm_memory::GuestMemoryMmap<AtomicBitmap>;
+
+/// Errors of creating and registering guest RAM.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    /// The requested size is not usable.
+    #[error("Guest memory size {0:#x} is invalid: it must be a multiple of 4 KiB and at least 2 MiB")]
+    BadSize(u64),
+    /// mmap of guest RAM failed.
+    #[error("Cannot map {size:#x} bytes of guest memory")]
+    Mmap {
+        /// Size of the mapping.
+        size: u64,
+        /// The cause.
+        #[source]
+        source: vm_memory::mmap::MmapRegionError,
+    },
+    /// vm-memory refused the regions.
+    #[error("Cannot build the guest memory map")]
+    Regions(#[source] vm_memory::GuestRegionCollectionError),
+    /// KVM refused a memory slot.
+    #[error("KVM refused memory slot {slot} at {base:#x}")]
+    SetRegion {
+        /// Slot number.
+        slot: u32,
+        /// Guest-physical base.
+        base: u64,
+        /// The cause.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+}
+
+/// Allocates `mem_size` bytes of guest RAM laid out by [`layout::ram_ranges`].
+pub fn create(mem_size: u64) -> Result<GuestMem, MemoryError> {
+    if mem_size < layout::MIN_MEM_SIZE || mem_size % layout::PAGE_SIZE != 0 {
+        return Err(MemoryError::BadSize(mem_size));
+    }
+    let mut regions = Vec::new();
+    for (base, size) in layout::ram_ranges(mem_size) {
+        let len = usize::try_from(size).map_err(|_| MemoryError::BadSize(mem_size))?;
+        let mmap = MmapRegion::<AtomicBitmap>::new(len).map_err(|source| MemoryError::Mmap {
+            size,
+            source,
+        })?;
+        let region = GuestRegionMmap::new(mmap, GuestAddress(base))
+            .ok_or(MemoryError::BadSize(mem_size))?;
+        regions.push(region);
+    }
+    GuestMem::from_regions(regions).map_err(MemoryError::Regions)
+}
+
+/// Registers every RAM region with KVM as a slot with dirty logging enabled.
+pub fn register(vm: &VmFd, mem: &GuestMem) -> Result<(), MemoryError> {
+    for (slot, region) in (0u32..).zip(mem.iter()) {
+        let base = region.start_addr().0;
+        let host = region
+            .get_host_address(vm_memory::MemoryRegionAddress(0))
+            .map_err(|_| MemoryError::BadSize(region.len()))?;
+        let desc = kvm_userspace_memory_region {
+            slot,
+            flags: KVM_MEM_LOG_DIRTY_PAGES,
+            guest_phys_addr: base,
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+        };
+        // SAFETY: the region is a live anonymous mapping of exactly `memory_size`
+        // bytes owned by `mem`, which outlives the VM (the Machine drops the VM
+        // first), and slots do not overlap because the layout's ranges do not.
+        unsafe { vm.set_user_memory_region(desc) }.map_err(|source| MemoryError::SetRegion {
+            slot,
+            base,
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Reads `buf.len()` bytes of guest-physical memory; `false` if any byte is not RAM.
+pub fn read_phys(mem: &GuestMem, addr: u64, buf: &mut [u8]) -> bool {
+    mem.read_slice(buf, GuestAddress(addr)).is_ok()
+}
+
+/// Writes `buf` to guest-physical memory; `false` if any byte is not RAM.
+pub fn write_phys(mem: &GuestMem, addr: u64, buf: &[u8]) -> bool {
+    mem.write_slice(buf, GuestAddress(addr)).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_odd_sizes() {
+        assert!(matches!(create(12345), Err(MemoryError::BadSize(_))));
+        assert!(matches!(create(4096), Err(MemoryError::BadSize(_))));
+    }
+
+    #[test]
+    fn reads_and_writes_within_ram_only() {
+        let mem = create(4 << 20).unwrap();
+        assert!(write_phys(&mem, 0x1000, b"abc"));
+        let mut b = [0u8; 3];
+        assert!(read_phys(&mem, 0x1000, &mut b));
+        assert_eq!(&b, b"abc");
+        assert!(!read_phys(&mem, (4 << 20) - 1, &mut b));
+    }
+}

@@ -1,0 +1,1 @@
+//! End-to-end tests for lunavm live in `tests/tests/`.
