@@ -40,21 +40,24 @@ const RUNTIME_C: &[&str] = &[
 ];
 
 fn main() {
-    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let guests_dir = manifest.join("guests");
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let cc = std::env::var("LUNAVM_GUEST_CC").unwrap_or_else(|_| "gcc".into());
     println!("cargo:rerun-if-changed=guests");
     println!("cargo:rerun-if-env-changed=LUNAVM_GUEST_CC");
 
-    let list = std::fs::read_to_string(guests_dir.join("guests.txt")).expect("guests/guests.txt is readable");
+    let list = std::fs::read_to_string(guests_dir.join("guests.txt"))
+        .expect("guests/guests.txt is readable");
     let mut table = String::from("static GUESTS: &[Guest] = &[\n");
     for line in list.lines() {
         if line.trim().is_empty() || line.starts_with('#') {
             continue;
         }
         let mut fields = line.splitn(3, '\t');
-        let (Some(name), Some(proto), Some(desc)) = (fields.next(), fields.next(), fields.next()) else {
+        let (Some(name), Some(proto), Some(desc)) = (fields.next(), fields.next(), fields.next())
+        else {
             panic!("guests/guests.txt: malformed line {line:?} (want name<TAB>protocol<TAB>description)");
         };
         let (arch, entry): (&[&str], &str) = match proto {

@@ -37,16 +37,46 @@ pub struct Entry {
 
 /// Every code lunavm itself uses.
 pub const TABLE: &[Entry] = &[
-    Entry { code: SUCCESS, meaning: "guest finished with status 0" },
-    Entry { code: BAD_INPUT, meaning: "bad input (kernel image, option, script)" },
-    Entry { code: HOST_ERROR, meaning: "host cannot run guests (/dev/kvm, KVM call failed)" },
-    Entry { code: GUEST_ASSERT, meaning: "guest assertion failed (ucall ASSERT)" },
-    Entry { code: SHUTDOWN, meaning: "guest triple-faulted (shutdown)" },
-    Entry { code: EMULATION_FAILURE, meaning: "instruction KVM could not emulate and lunavm could not complete" },
-    Entry { code: BUDGET_EXHAUSTED, meaning: "exit or virtual-time budget used up" },
-    Entry { code: HALTED, meaning: "guest halted with nothing to wake it" },
-    Entry { code: DIVERGENCE, meaning: "determinism check found differing runs" },
-    Entry { code: VM_ERROR, meaning: "KVM could not enter the guest or gave an unexpected exit" },
+    Entry {
+        code: SUCCESS,
+        meaning: "guest finished with status 0",
+    },
+    Entry {
+        code: BAD_INPUT,
+        meaning: "bad input (kernel image, option, script)",
+    },
+    Entry {
+        code: HOST_ERROR,
+        meaning: "host cannot run guests (/dev/kvm, KVM call failed)",
+    },
+    Entry {
+        code: GUEST_ASSERT,
+        meaning: "guest assertion failed (ucall ASSERT)",
+    },
+    Entry {
+        code: SHUTDOWN,
+        meaning: "guest triple-faulted (shutdown)",
+    },
+    Entry {
+        code: EMULATION_FAILURE,
+        meaning: "instruction KVM could not emulate and lunavm could not complete",
+    },
+    Entry {
+        code: BUDGET_EXHAUSTED,
+        meaning: "exit or virtual-time budget used up",
+    },
+    Entry {
+        code: HALTED,
+        meaning: "guest halted with nothing to wake it",
+    },
+    Entry {
+        code: DIVERGENCE,
+        meaning: "determinism check found differing runs",
+    },
+    Entry {
+        code: VM_ERROR,
+        meaning: "KVM could not enter the guest or gave an unexpected exit",
+    },
 ];
 
 /// Maps a guest's debug-exit value to the process exit code.

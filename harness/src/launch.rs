@@ -78,7 +78,11 @@ pub struct RunOutcome {
 }
 
 fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, LaunchError> {
-    std::fs::read(path).map_err(|source| LaunchError::Read { what, path: path.to_owned(), source })
+    std::fs::read(path).map_err(|source| LaunchError::Read {
+        what,
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Maps a stop reason to lunavm's process exit code.
@@ -90,7 +94,9 @@ pub fn exit_code_for(stop: &StopReason, qemu_exit_codes: bool) -> u8 {
         StopReason::Halted { .. } => exit_code::HALTED,
         StopReason::Shutdown { .. } => exit_code::SHUTDOWN,
         StopReason::EmulationFailure { .. } => exit_code::EMULATION_FAILURE,
-        StopReason::ExitBudget { .. } | StopReason::TimeBudget { .. } => exit_code::BUDGET_EXHAUSTED,
+        StopReason::ExitBudget { .. } | StopReason::TimeBudget { .. } => {
+            exit_code::BUDGET_EXHAUSTED
+        }
         StopReason::Sync { .. }
         | StopReason::EntryFailure { .. }
         | StopReason::InternalError { .. }
@@ -108,7 +114,10 @@ pub fn parse_no_complete(list: &str) -> Result<Vec<emulate::Entry>, String> {
         .map(|name| {
             emulate::Entry::from_name(name).ok_or_else(|| {
                 let names: Vec<&str> = emulate::Entry::ALL.iter().map(|e| e.name()).collect();
-                format!("unknown completion '{name}'; use all or some of: {}", names.join(","))
+                format!(
+                    "unknown completion '{name}'; use all or some of: {}",
+                    names.join(",")
+                )
             })
         })
         .collect()
@@ -126,7 +135,12 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome, LaunchError> {
     let modules = opts
         .modules
         .iter()
-        .map(|(p, cmdline)| Ok(Module { data: read("module", p)?, cmdline: cmdline.clone() }))
+        .map(|(p, cmdline)| {
+            Ok(Module {
+                data: read("module", p)?,
+                cmdline: cmdline.clone(),
+            })
+        })
         .collect::<Result<Vec<_>, LaunchError>>()?;
 
     let mut machine = Machine::new(opts.machine.clone())?;
@@ -143,8 +157,14 @@ mod tests {
 
     #[test]
     fn no_complete_lists_parse() {
-        assert_eq!(parse_no_complete("all").unwrap().len(), emulate::Entry::ALL.len());
-        assert_eq!(parse_no_complete("int3,xgetbv").unwrap(), vec![emulate::Entry::Int3, emulate::Entry::Xgetbv]);
+        assert_eq!(
+            parse_no_complete("all").unwrap().len(),
+            emulate::Entry::ALL.len()
+        );
+        assert_eq!(
+            parse_no_complete("int3,xgetbv").unwrap(),
+            vec![emulate::Entry::Int3, emulate::Entry::Xgetbv]
+        );
         assert!(parse_no_complete("bogus").unwrap_err().contains("bogus"));
     }
 
@@ -152,7 +172,19 @@ mod tests {
     fn stop_reasons_map_to_fixed_codes() {
         assert_eq!(exit_code_for(&StopReason::GuestExit { value: 3 }, false), 3);
         assert_eq!(exit_code_for(&StopReason::GuestExit { value: 3 }, true), 7);
-        assert_eq!(exit_code_for(&StopReason::ExitBudget { exits: 1 }, false), exit_code::BUDGET_EXHAUSTED);
-        assert_eq!(exit_code_for(&StopReason::Halted { rip: 0, interrupts_enabled: false }, false), exit_code::HALTED);
+        assert_eq!(
+            exit_code_for(&StopReason::ExitBudget { exits: 1 }, false),
+            exit_code::BUDGET_EXHAUSTED
+        );
+        assert_eq!(
+            exit_code_for(
+                &StopReason::Halted {
+                    rip: 0,
+                    interrupts_enabled: false
+                },
+                false
+            ),
+            exit_code::HALTED
+        );
     }
 }

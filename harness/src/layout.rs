@@ -83,7 +83,11 @@ pub fn ram_ranges(mem_size: u64) -> Vec<(u64, u64)> {
 /// The e820-style map the guest is told about for `mem_size` bytes of RAM.
 pub fn memory_map(mem_size: u64) -> Vec<MapRange> {
     let mut map = vec![
-        MapRange { start: 0, size: LOW_RAM_END, kind: RangeKind::Ram },
+        MapRange {
+            start: 0,
+            size: LOW_RAM_END,
+            kind: RangeKind::Ram,
+        },
         MapRange {
             start: LOW_RAM_END,
             size: KERNEL_MIN_ADDR - LOW_RAM_END,
@@ -96,7 +100,11 @@ pub fn memory_map(mem_size: u64) -> Vec<MapRange> {
         } else {
             (start, size)
         };
-        map.push(MapRange { start, size, kind: RangeKind::Ram });
+        map.push(MapRange {
+            start,
+            size,
+            kind: RangeKind::Ram,
+        });
     }
     map.push(MapRange {
         start: IOAPIC_ADDR,
@@ -139,7 +147,10 @@ mod tests {
         let mem = 128 << 20;
         assert!(is_kernel_range(mem, 0x10_0000, 0x1000));
         assert!(!is_kernel_range(mem, 0x8000, 0x1000), "boot area");
-        assert!(!is_kernel_range(mem, mem - 0x800, 0x1000), "crosses the end of RAM");
+        assert!(
+            !is_kernel_range(mem, mem - 0x800, 0x1000),
+            "crosses the end of RAM"
+        );
         assert!(!is_kernel_range(mem, u64::MAX - 4, 0x10), "overflow");
     }
 

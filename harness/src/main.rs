@@ -92,10 +92,17 @@ fn parse_size(s: &str) -> Result<u64, String> {
         }
         None => (s, 1),
     };
-    let n: u64 = num.trim().parse().map_err(|_| format!("'{s}' is not a size"))?;
-    let bytes = n.checked_mul(mult).ok_or_else(|| format!("'{s}' is too large"))?;
+    let n: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size"))?;
+    let bytes = n
+        .checked_mul(mult)
+        .ok_or_else(|| format!("'{s}' is too large"))?;
     if bytes < layout::MIN_MEM_SIZE || bytes % layout::PAGE_SIZE != 0 {
-        return Err(format!("guest memory must be a multiple of 4 KiB and at least 2 MiB, not {bytes} bytes"));
+        return Err(format!(
+            "guest memory must be a multiple of 4 KiB and at least 2 MiB, not {bytes} bytes"
+        ));
     }
     Ok(bytes)
 }
@@ -103,16 +110,26 @@ fn parse_size(s: &str) -> Result<u64, String> {
 /// Parses "100ns", "5us", "20ms", "2s" into nanoseconds.
 fn parse_duration(s: &str) -> Result<u64, String> {
     let s = s.trim();
-    let i = s.find(|c: char| c.is_ascii_alphabetic() || c == 'µ').unwrap_or(s.len());
-    let n: u64 = s[..i].trim().parse().map_err(|_| format!("'{s}' is not a duration"))?;
+    let i = s
+        .find(|c: char| c.is_ascii_alphabetic() || c == 'µ')
+        .unwrap_or(s.len());
+    let n: u64 = s[..i]
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration"))?;
     let mult: u64 = match &s[i..] {
         "ns" => 1,
         "us" | "µs" => 1_000,
         "ms" => 1_000_000,
         "s" | "" => 1_000_000_000,
-        other => return Err(format!("unknown duration unit '{other}' (use ns, us, ms or s)")),
+        other => {
+            return Err(format!(
+                "unknown duration unit '{other}' (use ns, us, ms or s)"
+            ))
+        }
     };
-    n.checked_mul(mult).ok_or_else(|| format!("'{s}' is too long"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("'{s}' is too long"))
 }
 
 fn print_error(err: &dyn std::error::Error) {
@@ -125,7 +142,12 @@ fn print_error(err: &dyn std::error::Error) {
 }
 
 fn cmd_run(args: RunArgs) -> u8 {
-    let no_complete = match args.no_complete.as_deref().map(launch::parse_no_complete).transpose() {
+    let no_complete = match args
+        .no_complete
+        .as_deref()
+        .map(launch::parse_no_complete)
+        .transpose()
+    {
         Ok(v) => v.unwrap_or_default(),
         Err(e) => {
             eprintln!("lunavm: error: --no-complete: {e}");
@@ -157,7 +179,11 @@ fn cmd_run(args: RunArgs) -> u8 {
             no_complete,
             echo_ucall_prints: !args.quiet,
         },
-        stop: StopCondition { max_exits: args.max_exits, max_time_ns: args.max_time, on_sync: false },
+        stop: StopCondition {
+            max_exits: args.max_exits,
+            max_time_ns: args.max_time,
+            on_sync: false,
+        },
         qemu_exit_codes: args.qemu_exit_codes,
     };
     let outcome = match launch::run(&opts) {
@@ -173,7 +199,10 @@ fn cmd_run(args: RunArgs) -> u8 {
     }
     if let Some(path) = &args.report {
         if let Err(e) = std::fs::write(path, report.to_json() + "\n") {
-            eprintln!("lunavm: error: cannot write the report to {}: {e}", path.display());
+            eprintln!(
+                "lunavm: error: cannot write the report to {}: {e}",
+                path.display()
+            );
             return exit_code::BAD_INPUT;
         }
     }

@@ -73,7 +73,13 @@ pub struct RunReport {
 
 impl RunReport {
     /// Builds the report of `machine` after a run that stopped with `stop`.
-    pub fn new(machine: &Machine, kernel: String, cmdline: String, stop: StopReason, exit_code: u8) -> Self {
+    pub fn new(
+        machine: &Machine,
+        kernel: String,
+        cmdline: String,
+        stop: StopReason,
+        exit_code: u8,
+    ) -> Self {
         let cmp = machine.cpuid_comparison();
         let k = machine.kernel();
         RunReport {
@@ -99,7 +105,11 @@ impl RunReport {
             virtual_time_ns: machine.clock().now_ns(),
             unclaimed_pio: machine.unclaimed_pio(),
             unclaimed_mmio: machine.unclaimed_mmio(),
-            completions: machine.completions().iter().map(|(e, n)| (e.name(), *n)).collect(),
+            completions: machine
+                .completions()
+                .iter()
+                .map(|(e, n)| (e.name(), *n))
+                .collect(),
             ucalls: machine.ucalls().clone(),
             post_code: machine.post_code(),
             serial_bytes: machine.serial_output().len(),
@@ -156,12 +166,26 @@ impl RunReport {
             );
         }
         if !self.completions.is_empty() {
-            let list: Vec<String> = self.completions.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            let list: Vec<String> = self
+                .completions
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
             let _ = writeln!(s, "  completed  {}", list.join(", "));
         }
         if !self.ucalls.counts.is_empty() || !self.ucalls.errors.is_empty() {
-            let list: Vec<String> = self.ucalls.counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
-            let _ = writeln!(s, "  ucalls     {}; undecodable {}", list.join(", "), self.ucalls.errors.len());
+            let list: Vec<String> = self
+                .ucalls
+                .counts
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            let _ = writeln!(
+                s,
+                "  ucalls     {}; undecodable {}",
+                list.join(", "),
+                self.ucalls.errors.len()
+            );
             for err in &self.ucalls.errors {
                 let _ = writeln!(s, "    {err}");
             }
@@ -173,7 +197,11 @@ impl RunReport {
             if c.paravirt_leaf_visible {
                 names.push("kvm-paravirt-leaves");
             }
-            let _ = write!(line, "; hidden but still visible to the guest (host KVM ignores the mask): {}", names.join(" "));
+            let _ = write!(
+                line,
+                "; hidden but still visible to the guest (host KVM ignores the mask): {}",
+                names.join(" ")
+            );
         }
         if !c.missing.is_empty() {
             let _ = write!(line, "; offered but not visible: {}", c.missing.join(" "));

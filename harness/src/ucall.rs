@@ -127,7 +127,9 @@ pub enum UcallError {
         magic: u32,
     },
     /// The struct has a version this harness does not know.
-    #[error("ucall struct at {addr:#x} has version {version}; this lunavm understands {UCALL_VERSION}")]
+    #[error(
+        "ucall struct at {addr:#x} has version {version}; this lunavm understands {UCALL_VERSION}"
+    )]
     BadVersion {
         /// The guest-virtual address.
         addr: u64,
@@ -145,10 +147,18 @@ pub enum UcallError {
 }
 
 /// Decodes a ucall from EAX and the struct bytes (`None` when RDI was 0).
-pub fn decode(eax: u32, addr: u64, bytes: Option<&[u8; UCALL_STRUCT_SIZE]>) -> Result<Ucall, UcallError> {
+pub fn decode(
+    eax: u32,
+    addr: u64,
+    bytes: Option<&[u8; UCALL_STRUCT_SIZE]>,
+) -> Result<Ucall, UcallError> {
     let cmd = Command::from_number(eax).ok_or(UcallError::UnknownCommand(eax))?;
     let Some(b) = bytes else {
-        return Ok(Ucall { cmd, args: Vec::new(), msg: String::new() });
+        return Ok(Ucall {
+            cmd,
+            args: Vec::new(),
+            msg: String::new(),
+        });
     };
     let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
     let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
@@ -164,7 +174,9 @@ pub fn decode(eax: u32, addr: u64, bytes: Option<&[u8; UCALL_STRUCT_SIZE]>) -> R
     if u32::from(field) != eax {
         return Err(UcallError::CommandMismatch { eax, field });
     }
-    let nargs = usize::try_from(u32_at(8)).unwrap_or(usize::MAX).min(UCALL_MAX_ARGS);
+    let nargs = usize::try_from(u32_at(8))
+        .unwrap_or(usize::MAX)
+        .min(UCALL_MAX_ARGS);
     let args = (0..nargs)
         .map(|i| {
             let o = 16 + 8 * i;
@@ -174,7 +186,10 @@ pub fn decode(eax: u32, addr: u64, bytes: Option<&[u8; UCALL_STRUCT_SIZE]>) -> R
         })
         .collect();
     let msg_area = &b[64..];
-    let end = msg_area.iter().position(|&c| c == 0).unwrap_or(msg_area.len());
+    let end = msg_area
+        .iter()
+        .position(|&c| c == 0)
+        .unwrap_or(msg_area.len());
     let msg = String::from_utf8_lossy(&msg_area[..end]).into_owned();
     Ok(Ucall { cmd, args, msg })
 }
@@ -188,8 +203,8 @@ mod tests {
         b[0..4].copy_from_slice(&UCALL_MAGIC.to_le_bytes());
         b[4..6].copy_from_slice(&UCALL_VERSION.to_le_bytes());
         b[6..8].copy_from_slice(&cmd.to_le_bytes());
-        b[8..12].copy_from_slice(&(args.len() as u32).to_le_bytes());
-        b[12..16].copy_from_slice(&(msg.len() as u32).to_le_bytes());
+        b[8..12].copy_from_slice(&u32::try_from(args.len()).unwrap().to_le_bytes());
+        b[12..16].copy_from_slice(&u32::try_from(msg.len()).unwrap().to_le_bytes());
         for (i, a) in args.iter().enumerate() {
             b[16 + 8 * i..24 + 8 * i].copy_from_slice(&a.to_le_bytes());
         }
@@ -209,12 +224,24 @@ mod tests {
     #[test]
     fn rejects_bad_structs() {
         let mut b = raw(3, &[], "x");
-        assert!(matches!(decode(9, 0, Some(&b)), Err(UcallError::UnknownCommand(9))));
-        assert!(matches!(decode(4, 0, Some(&b)), Err(UcallError::CommandMismatch { .. })));
+        assert!(matches!(
+            decode(9, 0, Some(&b)),
+            Err(UcallError::UnknownCommand(9))
+        ));
+        assert!(matches!(
+            decode(4, 0, Some(&b)),
+            Err(UcallError::CommandMismatch { .. })
+        ));
         b[4] = 9;
-        assert!(matches!(decode(3, 0, Some(&b)), Err(UcallError::BadVersion { version: 9, .. })));
+        assert!(matches!(
+            decode(3, 0, Some(&b)),
+            Err(UcallError::BadVersion { version: 9, .. })
+        ));
         b[0] = 0;
-        assert!(matches!(decode(3, 0, Some(&b)), Err(UcallError::BadMagic { .. })));
+        assert!(matches!(
+            decode(3, 0, Some(&b)),
+            Err(UcallError::BadMagic { .. })
+        ));
     }
 
     #[test]

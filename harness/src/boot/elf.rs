@@ -107,9 +107,14 @@ fn parse_generic<H: FileHeader<Endian = Endianness>>(data: &[u8]) -> Result<ElfI
             if seg.filesz > seg.memsz {
                 return Err(ElfError::FileLargerThanMemory(seg.paddr));
             }
-            let end = seg.offset.checked_add(seg.filesz).unwrap_or(u64::MAX);
+            let end = seg.offset.saturating_add(seg.filesz);
             if end > len {
-                return Err(ElfError::Truncated { paddr: seg.paddr, offset: seg.offset, end, len });
+                return Err(ElfError::Truncated {
+                    paddr: seg.paddr,
+                    offset: seg.offset,
+                    end,
+                    len,
+                });
             }
             segments.push(seg);
         } else if p_type == elf::PT_NOTE && pvh_entry.is_none() {

@@ -158,7 +158,11 @@ pub(crate) fn load_segments(
         zero(mem, s.paddr + s.filesz, s.memsz - s.filesz);
     }
     let start = segments.iter().map(|s| s.paddr).min().unwrap_or(0);
-    let end = segments.iter().map(|s| s.paddr + s.memsz).max().unwrap_or(0);
+    let end = segments
+        .iter()
+        .map(|s| s.paddr + s.memsz)
+        .max()
+        .unwrap_or(0);
     Ok((start, end))
 }
 
@@ -187,7 +191,10 @@ pub(crate) fn zero(mem: &GuestMem, addr: u64, len: u64) {
 /// Copies the command line to [`layout::CMDLINE_ADDR`]; returns its address.
 pub(crate) fn write_cmdline(mem: &GuestMem, cmdline: &str) -> Result<u64, BootError> {
     if cmdline.len() as u64 + 1 > layout::CMDLINE_MAX / 2 {
-        return Err(BootError::CmdlineTooLong { len: cmdline.len(), max: layout::CMDLINE_MAX / 2 - 1 });
+        return Err(BootError::CmdlineTooLong {
+            len: cmdline.len(),
+            max: layout::CMDLINE_MAX / 2 - 1,
+        });
     }
     write(mem, layout::CMDLINE_ADDR, cmdline.as_bytes());
     write(mem, layout::CMDLINE_ADDR + cmdline.len() as u64, &[0]);
@@ -212,12 +219,18 @@ pub(crate) fn place_modules(
     for (index, m) in modules.iter().enumerate() {
         let size = m.data.len() as u64;
         if !layout::is_kernel_range(mem_size, next, size.max(1)) {
-            return Err(BootError::ModuleTooLarge { index, size: m.data.len() });
+            return Err(BootError::ModuleTooLarge {
+                index,
+                size: m.data.len(),
+            });
         }
         write(mem, next, &m.data);
         let s_len = m.cmdline.len() as u64 + 1;
         if str_at + s_len > str_end {
-            return Err(BootError::CmdlineTooLong { len: m.cmdline.len(), max: str_end - str_at - 1 });
+            return Err(BootError::CmdlineTooLong {
+                len: m.cmdline.len(),
+                max: str_end - str_at - 1,
+            });
         }
         write(mem, str_at, m.cmdline.as_bytes());
         write(mem, str_at + s_len - 1, &[0]);
@@ -245,14 +258,26 @@ pub fn load(
     if image.is_empty() {
         return Err(BootError::Empty);
     }
-    let elf_info = if elf::is_elf(image) { Some(elf::parse(image)?) } else { None };
+    let elf_info = if elf::is_elf(image) {
+        Some(elf::parse(image)?)
+    } else {
+        None
+    };
     if let Some(info) = &elf_info {
         if let Some(entry) = info.pvh_entry {
             return pvh::load(mem, mem_size, image, info, entry, cmdline, modules);
         }
     }
     match multiboot::find_header(image)? {
-        Some(header) => multiboot::load(mem, mem_size, image, &header, elf_info.as_ref(), cmdline, modules),
+        Some(header) => multiboot::load(
+            mem,
+            mem_size,
+            image,
+            &header,
+            elf_info.as_ref(),
+            cmdline,
+            modules,
+        ),
         None if elf_info.is_some() => Err(BootError::NoEntry),
         None => Err(BootError::UnknownFormat),
     }
@@ -261,7 +286,10 @@ pub fn load(
 /// Sets the vCPU to the 32-bit protected-mode entry state for `kernel`, with the
 /// boot GDT written at [`layout::BOOT_GDT_ADDR`].
 pub fn enter(vcpu: &VcpuFd, mem: &GuestMem, kernel: &LoadedKernel) -> Result<(), BootError> {
-    let gdt: Vec<u8> = regs::BOOT_GDT.iter().flat_map(|d| d.to_le_bytes()).collect();
+    let gdt: Vec<u8> = regs::BOOT_GDT
+        .iter()
+        .flat_map(|d| d.to_le_bytes())
+        .collect();
     write(mem, layout::BOOT_GDT_ADDR, &gdt);
     let kvm = |what| move |source| BootError::Kvm { what, source };
     let mut sregs = vcpu.get_sregs().map_err(kvm("read sregs"))?;
@@ -279,7 +307,10 @@ mod tests {
     #[test]
     fn empty_and_unknown_images_are_refused() {
         let mem = memory::create(4 << 20).unwrap();
-        assert!(matches!(load(&mem, 4 << 20, &[], "", &[]), Err(BootError::Empty)));
+        assert!(matches!(
+            load(&mem, 4 << 20, &[], "", &[]),
+            Err(BootError::Empty)
+        ));
         assert!(matches!(
             load(&mem, 4 << 20, &[0x55; 100], "", &[]),
             Err(BootError::UnknownFormat)
@@ -298,13 +329,22 @@ mod tests {
     fn modules_are_page_aligned_after_the_image() {
         let mem = memory::create(4 << 20).unwrap();
         let mods = vec![
-            Module { data: vec![1; 10], cmdline: "a".into() },
-            Module { data: vec![2; 5000], cmdline: "b".into() },
+            Module {
+                data: vec![1; 10],
+                cmdline: "a".into(),
+            },
+            Module {
+                data: vec![2; 5000],
+                cmdline: "b".into(),
+            },
         ];
         let placed = place_modules(&mem, 4 << 20, 0x10_0123, &mods).unwrap();
         assert_eq!((placed[0].0, placed[0].1), (0x10_1000, 0x10_100a));
         assert_eq!(placed[1].0, 0x10_2000);
-        let huge = vec![Module { data: vec![0; 8 << 20], cmdline: String::new() }];
+        let huge = vec![Module {
+            data: vec![0; 8 << 20],
+            cmdline: String::new(),
+        }];
         assert!(matches!(
             place_modules(&mem, 4 << 20, 0x10_0000, &huge),
             Err(BootError::ModuleTooLarge { index: 0, .. })

@@ -79,7 +79,11 @@ pub fn find_header(image: &[u8]) -> Result<Option<Header>, MultibootError> {
                     .ok_or(MultibootError::BadAddressFields("header truncated"))?;
             }
         }
-        return Ok(Some(Header { offset, flags, addrs }));
+        return Ok(Some(Header {
+            offset,
+            flags,
+            addrs,
+        }));
     }
     Ok(None)
 }
@@ -119,7 +123,7 @@ pub fn load(
     let mut mods = Vec::new();
     for &(start, end, str_addr) in &placed {
         for v in [start, end, str_addr, 0] {
-            mods.extend_from_slice(&(v as u32).to_le_bytes());
+            mods.extend_from_slice(&lo32(v).to_le_bytes());
         }
     }
     super::write(mem, mods_addr, &mods);
@@ -128,13 +132,13 @@ pub fn load(
     let upper_kib = (mem_size.min(layout::MMIO_START) - layout::KERNEL_MIN_ADDR) / 1024;
     let mut info = [0u32; 22];
     info[0] = INFO_FLAGS;
-    info[1] = low_kib as u32;
-    info[2] = upper_kib as u32;
-    info[4] = cmdline_addr as u32;
-    info[5] = placed.len() as u32;
-    info[6] = mods_addr as u32;
-    info[11] = mmap.len() as u32;
-    info[12] = layout::BOOT_TABLES_ADDR as u32;
+    info[1] = lo32(low_kib);
+    info[2] = lo32(upper_kib);
+    info[4] = lo32(cmdline_addr);
+    info[5] = lo32(placed.len() as u64);
+    info[6] = lo32(mods_addr);
+    info[11] = lo32(mmap.len() as u64);
+    info[12] = lo32(layout::BOOT_TABLES_ADDR);
     let bytes: Vec<u8> = info.iter().flat_map(|v| v.to_le_bytes()).collect();
     super::write(mem, layout::BOOT_INFO_ADDR, &bytes);
 
@@ -147,6 +151,12 @@ pub fn load(
         image_end,
         modules: placed.iter().map(|&(s, e, _)| (s, e)).collect(),
     })
+}
+
+/// A 32-bit multiboot field. Everything multiboot describes lies below the MMIO
+/// hole (the image and its modules share the low RAM slot), so nothing saturates.
+fn lo32(v: u64) -> u32 {
+    u32::try_from(v).unwrap_or(u32::MAX)
 }
 
 fn load_by_address_fields(
@@ -166,12 +176,18 @@ fn load_by_address_fields(
     let load_len = if load_end_addr == 0 {
         image.len() as u64 - file_start
     } else {
-        load_end_addr.checked_sub(load_addr).ok_or(bad("load_end_addr is below load_addr"))?
+        load_end_addr
+            .checked_sub(load_addr)
+            .ok_or(bad("load_end_addr is below load_addr"))?
     };
     if file_start + load_len > image.len() as u64 {
         return Err(bad("load_end_addr is beyond the end of the file"));
     }
-    let end = if bss_end_addr == 0 { load_addr + load_len } else { bss_end_addr };
+    let end = if bss_end_addr == 0 {
+        load_addr + load_len
+    } else {
+        bss_end_addr
+    };
     if end < load_addr + load_len {
         return Err(bad("bss_end_addr is below load_end_addr"));
     }
@@ -192,7 +208,11 @@ mod tests {
 
     fn header(flags: u32, addrs: Option<[u32; 5]>) -> Vec<u8> {
         let mut v = vec![0u8; 16];
-        let mut h = vec![HEADER_MAGIC, flags, 0u32.wrapping_sub(HEADER_MAGIC.wrapping_add(flags))];
+        let mut h = vec![
+            HEADER_MAGIC,
+            flags,
+            0u32.wrapping_sub(HEADER_MAGIC.wrapping_add(flags)),
+        ];
         if let Some(a) = addrs {
             h.extend_from_slice(&a);
         }
@@ -207,26 +227,41 @@ mod tests {
         assert_eq!(find_header(&img).unwrap().unwrap().offset, 16);
         let mut bad = img.clone();
         bad[24] ^= 1;
-        assert!(matches!(find_header(&bad), Err(MultibootError::BadChecksum(16))));
+        assert!(matches!(
+            find_header(&bad),
+            Err(MultibootError::BadChecksum(16))
+        ));
         let img = header(1 << 5, None);
-        assert!(matches!(find_header(&img), Err(MultibootError::UnsupportedFlags(_))));
+        assert!(matches!(
+            find_header(&img),
+            Err(MultibootError::UnsupportedFlags(_))
+        ));
     }
 
     #[test]
     fn loads_by_address_fields() {
         let mem = memory::create(4 << 20).unwrap();
         // Header at file offset 16 maps to 0x100010: the file loads at 0x100000.
-        let mut img = header(FLAG_ADDRESS_FIELDS, Some([0x10_0010, 0x10_0000, 0, 0x10_2000, 0x10_0040]));
+        let mut img = header(
+            FLAG_ADDRESS_FIELDS,
+            Some([0x10_0010, 0x10_0000, 0, 0x10_2000, 0x10_0040]),
+        );
         img.resize(0x100, 0x90);
         let h = find_header(&img).unwrap().unwrap();
         let k = load(&mem, 4 << 20, &img, &h, None, "hi", &[]).unwrap();
-        assert_eq!((k.entry, k.image_start, k.image_end), (0x10_0040, 0x10_0000, 0x10_2000));
+        assert_eq!(
+            (k.entry, k.image_start, k.image_end),
+            (0x10_0040, 0x10_0000, 0x10_2000)
+        );
         assert_eq!(k.eax, u64::from(BOOTLOADER_MAGIC));
         let mut b = [0u8; 1];
         memory::read_phys(&mem, 0x10_00ff, &mut b);
         assert_eq!(b[0], 0x90);
 
-        let bad_entry = header(FLAG_ADDRESS_FIELDS, Some([0x10_0010, 0x10_0000, 0, 0, 0x50_0000]));
+        let bad_entry = header(
+            FLAG_ADDRESS_FIELDS,
+            Some([0x10_0010, 0x10_0000, 0, 0, 0x50_0000]),
+        );
         let h = find_header(&bad_entry).unwrap().unwrap();
         assert!(load(&mem, 4 << 20, &bad_entry, &h, None, "", &[]).is_err());
         let low = header(FLAG_ADDRESS_FIELDS, Some([0x8010, 0x8000, 0, 0, 0x8010]));

@@ -25,7 +25,11 @@ pub fn memmap_bytes(mem_size: u64) -> Vec<u8> {
     for r in layout::memory_map(mem_size) {
         out.extend_from_slice(&r.start.to_le_bytes());
         out.extend_from_slice(&r.size.to_le_bytes());
-        let kind = if r.kind == RangeKind::Ram { E820_RAM } else { E820_RESERVED };
+        let kind = if r.kind == RangeKind::Ram {
+            E820_RAM
+        } else {
+            E820_RESERVED
+        };
         out.extend_from_slice(&kind.to_le_bytes());
         out.extend_from_slice(&0u32.to_le_bytes());
     }
@@ -64,12 +68,21 @@ pub fn load(
     info_block.extend_from_slice(&HVM_START_MAGIC.to_le_bytes());
     info_block.extend_from_slice(&HVM_START_VERSION.to_le_bytes());
     info_block.extend_from_slice(&0u32.to_le_bytes()); // flags
-    info_block.extend_from_slice(&(placed.len() as u32).to_le_bytes());
-    info_block.extend_from_slice(&(if placed.is_empty() { 0 } else { modlist_paddr }).to_le_bytes());
+    info_block.extend_from_slice(
+        &u32::try_from(placed.len())
+            .unwrap_or(u32::MAX)
+            .to_le_bytes(),
+    );
+    info_block
+        .extend_from_slice(&(if placed.is_empty() { 0 } else { modlist_paddr }).to_le_bytes());
     info_block.extend_from_slice(&cmdline_paddr.to_le_bytes());
     info_block.extend_from_slice(&0u64.to_le_bytes()); // rsdp_paddr: no ACPI yet
     info_block.extend_from_slice(&layout::BOOT_TABLES_ADDR.to_le_bytes());
-    info_block.extend_from_slice(&(memmap_entries as u32).to_le_bytes());
+    info_block.extend_from_slice(
+        &u32::try_from(memmap_entries)
+            .unwrap_or(u32::MAX)
+            .to_le_bytes(),
+    );
     info_block.extend_from_slice(&0u32.to_le_bytes());
     super::write(mem, layout::BOOT_INFO_ADDR, &info_block);
 

@@ -86,10 +86,23 @@ impl Bus {
             .iter()
             .find(|e| base < e.base + e.len && e.base < base + len)
         {
-            return Err(BusError::Overlap { new: name, base, len, existing: e.name });
+            return Err(BusError::Overlap {
+                new: name,
+                base,
+                len,
+                existing: e.name,
+            });
         }
         let at = self.entries.partition_point(|e| e.base < base);
-        self.entries.insert(at, Entry { base, len, name, device });
+        self.entries.insert(
+            at,
+            Entry {
+                base,
+                len,
+                name,
+                device,
+            },
+        );
         Ok(())
     }
 
@@ -157,7 +170,7 @@ mod tests {
             "reg"
         }
         fn read(&mut self, offset: u64, data: &mut [u8]) {
-            data.fill(self.0.wrapping_add(offset as u8));
+            data.fill(self.0.wrapping_add(u8::try_from(offset).unwrap()));
         }
         fn write(&mut self, _offset: u64, data: &[u8]) -> Option<DeviceEvent> {
             self.0 = data[0];
@@ -178,7 +191,13 @@ mod tests {
         bus.write(0x9, &[1]);
         assert!(bus.read(0x10, &mut b));
         assert_eq!(b, [1]);
-        assert_eq!(bus.unclaimed(), Unclaimed { reads: 1, writes: 1 });
+        assert_eq!(
+            bus.unclaimed(),
+            Unclaimed {
+                reads: 1,
+                writes: 1
+            }
+        );
     }
 
     #[test]

@@ -48,7 +48,10 @@ mod tests {
         let mut d = DebugExit::new();
         assert_eq!(d.write(0, &[3]), Some(DeviceEvent::Exit(3)));
         assert_eq!(d.write(0, &[0x34, 0x12]), Some(DeviceEvent::Exit(0x1234)));
-        assert_eq!(d.write(0, &[1, 2, 3, 4, 5, 6, 7, 8]), Some(DeviceEvent::Exit(0x0403_0201)));
+        assert_eq!(
+            d.write(0, &[1, 2, 3, 4, 5, 6, 7, 8]),
+            Some(DeviceEvent::Exit(0x0403_0201))
+        );
         assert_eq!(d.last_value(), Some(0x0403_0201));
     }
 }

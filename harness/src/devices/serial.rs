@@ -69,7 +69,13 @@ impl SerialDevice {
     /// A UART whose output is logged and, with `echo`, copied to stdout.
     pub fn new(echo: bool) -> Self {
         SerialDevice {
-            uart: Serial::new(IrqLine::default(), SerialSink { log: Vec::new(), echo }),
+            uart: Serial::new(
+                IrqLine::default(),
+                SerialSink {
+                    log: Vec::new(),
+                    echo,
+                },
+            ),
             pending_input: VecDeque::new(),
         }
     }

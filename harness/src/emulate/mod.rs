@@ -172,7 +172,11 @@ pub struct Context<'a> {
 impl Completer {
     /// A table with `disabled` entries switched off, drawing randomness from `seed`.
     pub fn new(disabled: Vec<Entry>, seed: u64) -> Self {
-        Completer { disabled, counts: BTreeMap::new(), entropy: Entropy::new(seed) }
+        Completer {
+            disabled,
+            counts: BTreeMap::new(),
+            entropy: Entropy::new(seed),
+        }
     }
 
     /// How often each entry was used.
@@ -200,7 +204,11 @@ impl Completer {
     }
 
     /// Tries to complete `insn`, which KVM failed to emulate.
-    pub fn complete(&mut self, ctx: &Context<'_>, insn: &Instruction) -> Result<Outcome, CompletionError> {
+    pub fn complete(
+        &mut self,
+        ctx: &Context<'_>,
+        insn: &Instruction,
+    ) -> Result<Outcome, CompletionError> {
         if insn.is_invalid() {
             // Bytes the decoder rejects: hardware would raise #UD.
             ops::inject_exception(ctx, 6, None, insn).map_err(|e| e.into_error(insn))?;
@@ -213,10 +221,14 @@ impl Completer {
         };
         if self.disabled.contains(&entry) {
             return Ok(Outcome::Unhandled {
-                reason: format!("completion of {} is switched off (--no-complete)", entry.name()),
+                reason: format!(
+                    "completion of {} is switched off (--no-complete)",
+                    entry.name()
+                ),
             });
         }
-        let result = ops::complete(ctx, insn, entry, &mut self.entropy).map_err(|e| e.into_error(insn))?;
+        let result =
+            ops::complete(ctx, insn, entry, &mut self.entropy).map_err(|e| e.into_error(insn))?;
         match result {
             ops::Done::Completed(injected) => {
                 *self.counts.entry(entry).or_default() += 1;
@@ -254,11 +266,22 @@ mod tests {
         ];
         for (bytes, entry) in cases {
             let insn = Completer::decode(bytes, 64, 0x1000);
-            assert_eq!(Entry::for_mnemonic(insn.mnemonic()), Some(*entry), "{bytes:x?}");
+            assert_eq!(
+                Entry::for_mnemonic(insn.mnemonic()),
+                Some(*entry),
+                "{bytes:x?}"
+            );
             assert_eq!(insn.len(), bytes.len());
         }
         let bad = Completer::decode(&[0x0f, 0x0b], 64, 0);
-        assert_eq!(Entry::for_mnemonic(bad.mnemonic()), None, "ud2 is not completed");
-        assert_eq!(Completer::disassemble(&Completer::decode(&[0xcd, 0x80], 64, 0), true), "int 80h");
+        assert_eq!(
+            Entry::for_mnemonic(bad.mnemonic()),
+            None,
+            "ud2 is not completed"
+        );
+        assert_eq!(
+            Completer::disassemble(&Completer::decode(&[0xcd, 0x80], 64, 0), true),
+            "int 80h"
+        );
     }
 }

@@ -50,7 +50,11 @@ pub struct KvmFail {
 impl KvmFail {
     /// Attaches the instruction.
     pub fn into_error(self, insn: &Instruction) -> CompletionError {
-        CompletionError { what: format!("{insn}"), action: self.action, source: self.source }
+        CompletionError {
+            what: format!("{insn}"),
+            action: self.action,
+            source: self.source,
+        }
     }
 }
 
@@ -66,12 +70,17 @@ pub fn inject_exception(
     error_code: Option<u32>,
     _insn: &Instruction,
 ) -> Result<(), KvmFail> {
-    let mut ev = ctx.vcpu.get_vcpu_events().map_err(kvm("read vCPU events"))?;
+    let mut ev = ctx
+        .vcpu
+        .get_vcpu_events()
+        .map_err(kvm("read vCPU events"))?;
     ev.exception.injected = 1;
     ev.exception.nr = vector;
     ev.exception.has_error_code = u8::from(error_code.is_some());
     ev.exception.error_code = error_code.unwrap_or(0);
-    ctx.vcpu.set_vcpu_events(&ev).map_err(kvm("inject an exception"))
+    ctx.vcpu
+        .set_vcpu_events(&ev)
+        .map_err(kvm("inject an exception"))
 }
 
 fn set_regs(ctx: &Context<'_>, regs: &kvm_regs) -> Result<(), KvmFail> {
@@ -108,11 +117,16 @@ pub fn complete(
         }
         Entry::IntN => {
             set_regs(ctx, &advance(ctx, insn))?;
-            let mut ev = ctx.vcpu.get_vcpu_events().map_err(kvm("read vCPU events"))?;
+            let mut ev = ctx
+                .vcpu
+                .get_vcpu_events()
+                .map_err(kvm("read vCPU events"))?;
             ev.interrupt.injected = 1;
             ev.interrupt.nr = insn.immediate8();
             ev.interrupt.soft = 1;
-            ctx.vcpu.set_vcpu_events(&ev).map_err(kvm("inject a software interrupt"))?;
+            ctx.vcpu
+                .set_vcpu_events(&ev)
+                .map_err(kvm("inject a software interrupt"))?;
             Ok(Done::Completed(None))
         }
         Entry::Fwait => {
@@ -130,7 +144,8 @@ pub fn complete(
                 Ok(Done::Completed(Some(MF)))
             } else {
                 Ok(Done::Unhandled(
-                    "fwait with a pending x87 exception and CR0.NE clear (legacy FERR# reporting)".into(),
+                    "fwait with a pending x87 exception and CR0.NE clear (legacy FERR# reporting)"
+                        .into(),
                 ))
             }
         }
@@ -145,8 +160,13 @@ pub fn complete(
                 return Ok(Done::Completed(Some(GP)));
             }
             let xcrs = ctx.vcpu.get_xcrs().map_err(kvm("read XCRs"))?;
-            let nr = usize::try_from(xcrs.nr_xcrs).unwrap_or(0).min(xcrs.xcrs.len());
-            let xcr0 = xcrs.xcrs[..nr].iter().find(|x| x.xcr == 0).map_or(1, |x| x.value);
+            let nr = usize::try_from(xcrs.nr_xcrs)
+                .unwrap_or(0)
+                .min(xcrs.xcrs.len());
+            let xcr0 = xcrs.xcrs[..nr]
+                .iter()
+                .find(|x| x.xcr == 0)
+                .map_or(1, |x| x.value);
             let mut r = advance(ctx, insn);
             r.rax = xcr0 & 0xffff_ffff;
             r.rdx = xcr0 >> 32;
@@ -154,14 +174,21 @@ pub fn complete(
             Ok(Done::Completed(None))
         }
         Entry::Rdrand | Entry::Rdseed => {
-            let feature = if entry == Entry::Rdrand { "rdrand" } else { "rdseed" };
+            let feature = if entry == Entry::Rdrand {
+                "rdrand"
+            } else {
+                "rdseed"
+            };
             if !ctx.cpuid.has_named(feature) {
                 return ud(ctx);
             }
             let mut r = advance(ctx, insn);
             let value = entropy.next_u64();
             if !write_gpr(&mut r, insn.op0_register(), value) {
-                return Ok(Done::Unhandled(format!("{feature} into {:?}", insn.op0_register())));
+                return Ok(Done::Unhandled(format!(
+                    "{feature} into {:?}",
+                    insn.op0_register()
+                )));
             }
             r.rflags &= !(RFLAGS_OF | RFLAGS_SF | RFLAGS_ZF | RFLAGS_AF | RFLAGS_PF);
             r.rflags |= RFLAGS_CF;
@@ -190,7 +217,9 @@ fn cmpxchg16b(ctx: &Context<'_>, insn: &Instruction) -> Result<Done, KvmFail> {
         return Ok(Done::Completed(Some(UD)));
     }
     let Some(ea) = insn.virtual_address(0, 0, |reg, _, _| read_reg(ctx, reg)) else {
-        return Ok(Done::Unhandled("cannot compute the cmpxchg16b memory operand".into()));
+        return Ok(Done::Unhandled(
+            "cannot compute the cmpxchg16b memory operand".into(),
+        ));
     };
     if ea % 16 != 0 {
         inject_exception(ctx, GP, Some(0), insn)?;
@@ -316,7 +345,11 @@ mod tests {
 
     #[test]
     fn gpr_writes_follow_x86_merge_rules() {
-        let mut r = kvm_regs { rax: u64::MAX, rbx: u64::MAX, ..Default::default() };
+        let mut r = kvm_regs {
+            rax: u64::MAX,
+            rbx: u64::MAX,
+            ..Default::default()
+        };
         assert!(write_gpr(&mut r, Register::EAX, 0x1_2345_6789));
         assert_eq!(r.rax, 0x2345_6789, "32-bit writes zero-extend");
         assert!(write_gpr(&mut r, Register::BX, 0x1234));

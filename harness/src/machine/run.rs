@@ -14,15 +14,32 @@ use crate::vm::regs::{code_bitness, linear_rip, paging_regs, RegisterDump};
 /// What an exit left to do after the vCPU borrow ends.
 enum Pending {
     None,
-    Write { port: u16, data: [u8; 8], len: usize },
-    Ucall { eax: u32 },
-    MmioWrite { addr: u64, data: [u8; 8], len: usize },
+    Write {
+        port: u16,
+        data: [u8; 8],
+        len: usize,
+    },
+    Ucall {
+        eax: u32,
+    },
+    MmioWrite {
+        addr: u64,
+        data: [u8; 8],
+        len: usize,
+    },
     Halt,
     Shutdown,
     Emulation,
     Internal(u32),
     FailEntry(u64),
     Unexpected(String),
+}
+
+/// The stop a device event causes.
+fn device_stop(event: DeviceEvent) -> StopReason {
+    match event {
+        DeviceEvent::Exit(value) => StopReason::GuestExit { value },
+    }
 }
 
 fn copy8(src: &[u8]) -> ([u8; 8], usize) {
@@ -109,22 +126,22 @@ impl Machine {
         }
     }
 
-    fn finish_exit(&mut self, pending: Pending, cond: &StopCondition) -> Result<Option<StopReason>, MachineError> {
+    fn finish_exit(
+        &mut self,
+        pending: Pending,
+        cond: &StopCondition,
+    ) -> Result<Option<StopReason>, MachineError> {
         Ok(match pending {
             Pending::None => None,
             Pending::Write { port, data, len } => {
                 self.clock.charge(Charge::Pio);
-                match self.pio_bus.write(u64::from(port), &data[..len]) {
-                    Some(DeviceEvent::Exit(value)) => Some(StopReason::GuestExit { value }),
-                    None => None,
-                }
+                self.pio_bus
+                    .write(u64::from(port), &data[..len])
+                    .map(device_stop)
             }
             Pending::MmioWrite { addr, data, len } => {
                 self.clock.charge(Charge::Mmio);
-                match self.mmio_bus.write(addr, &data[..len]) {
-                    Some(DeviceEvent::Exit(value)) => Some(StopReason::GuestExit { value }),
-                    None => None,
-                }
+                self.mmio_bus.write(addr, &data[..len]).map(device_stop)
             }
             Pending::Ucall { eax } => {
                 self.clock.charge(Charge::Ucall);
@@ -133,25 +150,40 @@ impl Machine {
             Pending::Halt => {
                 self.exits.hlt += 1;
                 let regs = self.get_regs()?;
-                Some(StopReason::Halted { rip: regs.rip, interrupts_enabled: regs.rflags & (1 << 9) != 0 })
+                Some(StopReason::Halted {
+                    rip: regs.rip,
+                    interrupts_enabled: regs.rflags & (1 << 9) != 0,
+                })
             }
             Pending::Shutdown => Some(StopReason::Shutdown { regs: self.dump()? }),
             Pending::Emulation => {
                 self.exits.emulation_failure += 1;
                 self.handle_emulation_failure()?
             }
-            Pending::Internal(suberror) => Some(StopReason::InternalError { suberror, regs: self.dump()? }),
-            Pending::FailEntry(reason) => Some(StopReason::EntryFailure { reason, regs: self.dump()? }),
+            Pending::Internal(suberror) => Some(StopReason::InternalError {
+                suberror,
+                regs: self.dump()?,
+            }),
+            Pending::FailEntry(reason) => Some(StopReason::EntryFailure {
+                reason,
+                regs: self.dump()?,
+            }),
             Pending::Unexpected(exit) => Some(StopReason::UnexpectedExit { exit }),
         })
     }
 
     fn get_regs(&self) -> Result<kvm_bindings::kvm_regs, MachineError> {
-        self.vcpu.get_regs().map_err(|source| MachineError::Kvm { what: "read registers", source })
+        self.vcpu.get_regs().map_err(|source| MachineError::Kvm {
+            what: "read registers",
+            source,
+        })
     }
 
     fn get_sregs(&self) -> Result<kvm_bindings::kvm_sregs, MachineError> {
-        self.vcpu.get_sregs().map_err(|source| MachineError::Kvm { what: "read special registers", source })
+        self.vcpu.get_sregs().map_err(|source| MachineError::Kvm {
+            what: "read special registers",
+            source,
+        })
     }
 
     /// A register dump of the vCPU now.
@@ -159,10 +191,18 @@ impl Machine {
         Ok(RegisterDump::new(&self.get_regs()?, &self.get_sregs()?))
     }
 
-    fn handle_ucall(&mut self, eax: u32, cond: &StopCondition) -> Result<Option<StopReason>, MachineError> {
+    fn handle_ucall(
+        &mut self,
+        eax: u32,
+        cond: &StopCondition,
+    ) -> Result<Option<StopReason>, MachineError> {
         let regs = self.get_regs()?;
         let sregs = self.get_sregs()?;
-        let addr = if code_bitness(&sregs) == 64 { regs.rdi } else { regs.rdi & 0xffff_ffff };
+        let addr = if code_bitness(&sregs) == 64 {
+            regs.rdi
+        } else {
+            regs.rdi & 0xffff_ffff
+        };
         let mut raw = [0u8; UCALL_STRUCT_SIZE];
         let bytes = if addr == 0 {
             None
@@ -170,7 +210,10 @@ impl Machine {
             match access::read_virt(&self.vm.mem, &paging_regs(&sregs), addr, &mut raw) {
                 Ok(()) => Some(&raw),
                 Err(e) => {
-                    self.ucalls.errors.push(ucall::UcallError::Unreadable { addr, reason: e.to_string() });
+                    self.ucalls.errors.push(ucall::UcallError::Unreadable {
+                        addr,
+                        reason: e.to_string(),
+                    });
                     return Ok(None);
                 }
             }
@@ -184,15 +227,22 @@ impl Machine {
         };
         self.ucalls.record(&call);
         Ok(match call.cmd {
-            Command::Done => Some(StopReason::Done { status: call.args.first().copied().unwrap_or(0) }),
-            Command::Assert => Some(StopReason::Assert { message: call.msg, args: call.args }),
+            Command::Done => Some(StopReason::Done {
+                status: call.args.first().copied().unwrap_or(0),
+            }),
+            Command::Assert => Some(StopReason::Assert {
+                message: call.msg,
+                args: call.args,
+            }),
             Command::Print => {
                 if self.config.echo_ucall_prints {
                     eprintln!("guest: {}", call.msg);
                 }
                 None
             }
-            Command::Sync if cond.on_sync => Some(StopReason::Sync { id: call.args.first().copied().unwrap_or(0) }),
+            Command::Sync if cond.on_sync => Some(StopReason::Sync {
+                id: call.args.first().copied().unwrap_or(0),
+            }),
             Command::Sync | Command::FuzzPoint | Command::CovMap | Command::Cmp => None,
         })
     }
@@ -218,7 +268,13 @@ impl Machine {
                 regs: RegisterDump::new(&regs, &sregs),
             }));
         }
-        let ctx = Context { vcpu: &self.vcpu, mem: &self.vm.mem, regs, sregs, cpuid: &self.effective_cpuid };
+        let ctx = Context {
+            vcpu: &self.vcpu,
+            mem: &self.vm.mem,
+            regs,
+            sregs,
+            cpuid: &self.effective_cpuid,
+        };
         match self.completer.complete(&ctx, &insn)? {
             Outcome::Completed { .. } | Outcome::InvalidEncoding => {
                 self.clock.charge(Charge::Completion);

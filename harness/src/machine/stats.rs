@@ -26,7 +26,12 @@ pub struct ExitCounts {
 impl ExitCounts {
     /// All exits counted.
     pub fn total(&self) -> u64 {
-        self.pio_in + self.pio_out + self.mmio_read + self.mmio_write + self.hlt + self.emulation_failure
+        self.pio_in
+            + self.pio_out
+            + self.mmio_read
+            + self.mmio_write
+            + self.hlt
+            + self.emulation_failure
     }
 }
 

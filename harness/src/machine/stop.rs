@@ -104,8 +104,12 @@ impl StopReason {
     /// One line for the summary.
     pub fn describe(&self) -> String {
         match self {
-            StopReason::GuestExit { value } => format!("guest exited with value {value} (port 0xf4)"),
-            StopReason::Done { status } => format!("guest finished with status {status} (ucall DONE)"),
+            StopReason::GuestExit { value } => {
+                format!("guest exited with value {value} (port 0xf4)")
+            }
+            StopReason::Done { status } => {
+                format!("guest finished with status {status} (ucall DONE)")
+            }
             StopReason::Assert { message, args } => {
                 let vals = match args.as_slice() {
                     [_, l, r, ..] => format!(" (left {l:#x}, right {r:#x})"),
@@ -114,9 +118,16 @@ impl StopReason {
                 format!("guest assertion failed: {message}{vals}")
             }
             StopReason::Sync { id } => format!("guest reached sync point {id}"),
-            StopReason::Halted { rip, interrupts_enabled } => format!(
+            StopReason::Halted {
+                rip,
+                interrupts_enabled,
+            } => format!(
                 "guest halted at rip {rip:#x} with interrupts {} and no interrupt source",
-                if *interrupts_enabled { "enabled" } else { "disabled" }
+                if *interrupts_enabled {
+                    "enabled"
+                } else {
+                    "disabled"
+                }
             ),
             StopReason::Shutdown { regs } => format!(
                 "guest triple-faulted (shutdown) at rip {:#x}",
@@ -154,5 +165,8 @@ impl StopReason {
 
 /// Formats bytes as space-separated hex.
 pub fn hex_bytes(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(" ")
+    b.iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }

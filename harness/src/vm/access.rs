@@ -33,9 +33,14 @@ fn for_each_page(
         let va = vaddr.wrapping_add(done as u64);
         let t = paging::translate(mem, regs, va)?;
         let in_page = t.page_size - (t.phys & (t.page_size - 1));
-        let n = usize::try_from(in_page).unwrap_or(usize::MAX).min(len - done);
+        let n = usize::try_from(in_page)
+            .unwrap_or(usize::MAX)
+            .min(len - done);
         if !f(t.phys, done..done + n) {
-            return Err(AccessError::NotRam { vaddr: va, phys: t.phys });
+            return Err(AccessError::NotRam {
+                vaddr: va,
+                phys: t.phys,
+            });
         }
         done += n;
     }
@@ -43,15 +48,29 @@ fn for_each_page(
 }
 
 /// Reads guest-virtual memory.
-pub fn read_virt(mem: &GuestMem, regs: &PagingRegs, vaddr: u64, buf: &mut [u8]) -> Result<(), AccessError> {
+pub fn read_virt(
+    mem: &GuestMem,
+    regs: &PagingRegs,
+    vaddr: u64,
+    buf: &mut [u8],
+) -> Result<(), AccessError> {
     let len = buf.len();
-    for_each_page(mem, regs, vaddr, len, |phys, r| memory::read_phys(mem, phys, &mut buf[r]))
+    for_each_page(mem, regs, vaddr, len, |phys, r| {
+        memory::read_phys(mem, phys, &mut buf[r])
+    })
 }
 
 /// Writes guest-virtual memory (ignoring page permissions: this is the
 /// harness's access, as a debugger's).
-pub fn write_virt(mem: &GuestMem, regs: &PagingRegs, vaddr: u64, buf: &[u8]) -> Result<(), AccessError> {
-    for_each_page(mem, regs, vaddr, buf.len(), |phys, r| memory::write_phys(mem, phys, &buf[r]))
+pub fn write_virt(
+    mem: &GuestMem,
+    regs: &PagingRegs,
+    vaddr: u64,
+    buf: &[u8],
+) -> Result<(), AccessError> {
+    for_each_page(mem, regs, vaddr, buf.len(), |phys, r| {
+        memory::write_phys(mem, phys, &buf[r])
+    })
 }
 
 /// Reads as many bytes as are mapped, up to `buf.len()`; returns how many.

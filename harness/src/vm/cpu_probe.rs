@@ -66,7 +66,9 @@ impl EffectiveCpuid {
 
     /// Whether the guest sees the feature named `name` (from the reported list).
     pub fn has_named(&self, name: &str) -> bool {
-        REPORTED_FEATURES.iter().any(|f| f.name == name && self.has(f))
+        REPORTED_FEATURES
+            .iter()
+            .any(|f| f.name == name && self.has(f))
     }
 }
 
@@ -127,14 +129,24 @@ pub fn probe(vcpu: &mut VcpuFd, mem: &GuestMem) -> Result<EffectiveCpuid, ProbeE
         match vcpu.run() {
             Ok(VcpuExit::Hlt) => {}
             Ok(other) => {
-                return Err(ProbeError::UnexpectedExit { leaf, exit: format!("{other:?}") })
+                return Err(ProbeError::UnexpectedExit {
+                    leaf,
+                    exit: format!("{other:?}"),
+                })
             }
-            Err(e) => return Err(ProbeError::UnexpectedExit { leaf, exit: e.to_string() }),
+            Err(e) => {
+                return Err(ProbeError::UnexpectedExit {
+                    leaf,
+                    exit: e.to_string(),
+                })
+            }
         }
         let r = vcpu.get_regs().map_err(kvm("read registers"))?;
         let lo = |v: u64| (v & 0xffff_ffff) as u32;
-        out.leaves
-            .insert((leaf, subleaf), [lo(r.rax), lo(r.rbx), lo(r.rcx), lo(r.rdx)]);
+        out.leaves.insert(
+            (leaf, subleaf),
+            [lo(r.rax), lo(r.rbx), lo(r.rcx), lo(r.rdx)],
+        );
     }
     memory::write_phys(mem, CPU_PROBE_ADDR, &[0; PROBE_CODE.len()]);
     Ok(out)

@@ -86,7 +86,13 @@ pub struct Feature {
 }
 
 const fn f(name: &'static str, leaf: u32, subleaf: u32, reg: Reg, bit: u32) -> Feature {
-    Feature { name, leaf, subleaf, reg, bit }
+    Feature {
+        name,
+        leaf,
+        subleaf,
+        reg,
+        bit,
+    }
 }
 
 /// Features the run summary reports on: everything `baseline` hides that a guest
@@ -133,8 +139,15 @@ pub const REPORTED_FEATURES: &[Feature] = &[
 ];
 
 /// The leaves the CPU probe executes in the guest.
-pub const PROBED_LEAVES: &[(u32, u32)] =
-    &[(0, 0), (1, 0), (7, 0), (0xd, 0), (0xd, 1), (0x4000_0000, 0), (0x8000_0001, 0)];
+pub const PROBED_LEAVES: &[(u32, u32)] = &[
+    (0, 0),
+    (1, 0),
+    (7, 0),
+    (0xd, 0),
+    (0xd, 1),
+    (0x4000_0000, 0),
+    (0x8000_0001, 0),
+];
 
 // Leaf 1 EDX: fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat
 // pse36 clflush mmx fxsr sse sse2.
@@ -251,7 +264,10 @@ mod tests {
         let e7 = baseline_entry(entry(7, 0, [2, u32::MAX, u32::MAX, u32::MAX])).unwrap();
         assert_eq!(e7.ebx & (1 << 18), 0, "rdseed hidden");
         assert_eq!((e7.eax, e7.ecx, e7.edx), (0, 0, 0));
-        assert!(baseline_entry(entry(0x4000_0001, 0, [u32::MAX; 4])).is_none(), "kvmclock leaf");
+        assert!(
+            baseline_entry(entry(0x4000_0001, 0, [u32::MAX; 4])).is_none(),
+            "kvmclock leaf"
+        );
         let ext = baseline_entry(entry(0x8000_0001, 0, [0, 0, u32::MAX, u32::MAX])).unwrap();
         assert_eq!(ext.edx & (1 << 27), 0, "rdtscp hidden");
         assert_ne!(ext.edx & (1 << 29), 0, "long mode stays");

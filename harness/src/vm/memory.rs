@@ -18,7 +18,9 @@ pub type GuestMem = vm_memory::GuestMemoryMmap<AtomicBitmap>;
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {
     /// The requested size is not usable.
-    #[error("Guest memory size {0:#x} is invalid: it must be a multiple of 4 KiB and at least 2 MiB")]
+    #[error(
+        "Guest memory size {0:#x} is invalid: it must be a multiple of 4 KiB and at least 2 MiB"
+    )]
     BadSize(u64),
     /// mmap of guest RAM failed.
     #[error("Cannot map {size:#x} bytes of guest memory")]
@@ -53,12 +55,10 @@ pub fn create(mem_size: u64) -> Result<GuestMem, MemoryError> {
     let mut regions = Vec::new();
     for (base, size) in layout::ram_ranges(mem_size) {
         let len = usize::try_from(size).map_err(|_| MemoryError::BadSize(mem_size))?;
-        let mmap = MmapRegion::<AtomicBitmap>::new(len).map_err(|source| MemoryError::Mmap {
-            size,
-            source,
-        })?;
-        let region = GuestRegionMmap::new(mmap, GuestAddress(base))
-            .ok_or(MemoryError::BadSize(mem_size))?;
+        let mmap = MmapRegion::<AtomicBitmap>::new(len)
+            .map_err(|source| MemoryError::Mmap { size, source })?;
+        let region =
+            GuestRegionMmap::new(mmap, GuestAddress(base)).ok_or(MemoryError::BadSize(mem_size))?;
         regions.push(region);
     }
     GuestMem::from_regions(regions).map_err(MemoryError::Regions)

@@ -90,13 +90,22 @@ impl Vm {
             .map_err(VmError::kvm("set the TSS address"))?;
         let mem = memory::create(mem_size)?;
         memory::register(&fd, &mem)?;
-        Ok(Vm { kvm, mem, mem_size, fd })
+        Ok(Vm {
+            kvm,
+            mem,
+            mem_size,
+            fd,
+        })
     }
 
     /// Creates vCPU `id` with the CPUID table `cpuid`.
     pub fn create_vcpu(&self, id: u64, cpuid: &kvm_bindings::CpuId) -> Result<VcpuFd, VmError> {
-        let vcpu = self.fd.create_vcpu(id).map_err(VmError::kvm("create a vCPU"))?;
-        vcpu.set_cpuid2(cpuid).map_err(VmError::kvm("set the vCPU's CPUID"))?;
+        let vcpu = self
+            .fd
+            .create_vcpu(id)
+            .map_err(VmError::kvm("create a vCPU"))?;
+        vcpu.set_cpuid2(cpuid)
+            .map_err(VmError::kvm("set the vCPU's CPUID"))?;
         Ok(vcpu)
     }
 }

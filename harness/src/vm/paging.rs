@@ -68,7 +68,9 @@ impl PagingRegs {
         } else if self.cr4 & CR4_PAE != 0 {
             PagingMode::Pae
         } else {
-            PagingMode::Bits32 { pse: self.cr4 & CR4_PSE != 0 }
+            PagingMode::Bits32 {
+                pse: self.cr4 & CR4_PSE != 0,
+            }
         }
     }
 }
@@ -150,9 +152,10 @@ pub fn translate(
         PagingMode::Pae => {
             let vaddr = vaddr & 0xffff_ffff;
             let pdpte_addr = (regs.cr3 & 0xffff_ffe0) + ((vaddr >> 30) & 3) * 8;
-            let pdpte = mem
-                .read_u64(pdpte_addr)
-                .ok_or(WalkError::TableOutsideRam { vaddr, table: pdpte_addr })?;
+            let pdpte = mem.read_u64(pdpte_addr).ok_or(WalkError::TableOutsideRam {
+                vaddr,
+                table: pdpte_addr,
+            })?;
             if pdpte & PTE_P == 0 {
                 return Err(WalkError::NotPresent { vaddr, level: 3 });
             }
@@ -178,7 +181,11 @@ struct Perm {
 }
 
 impl Perm {
-    const ALL: Perm = Perm { writable: true, user: true, executable: true };
+    const ALL: Perm = Perm {
+        writable: true,
+        user: true,
+        executable: true,
+    };
 
     fn and(self, entry: u64, nxe: bool) -> Perm {
         Perm {
@@ -211,9 +218,10 @@ fn walk64(
     for level in (1..=top_level).rev() {
         let shift = 12 + 9 * u32::from(level - 1);
         let entry_addr = table + ((vaddr >> shift) & 0x1ff) * 8;
-        let entry = mem
-            .read_u64(entry_addr)
-            .ok_or(WalkError::TableOutsideRam { vaddr, table: entry_addr })?;
+        let entry = mem.read_u64(entry_addr).ok_or(WalkError::TableOutsideRam {
+            vaddr,
+            table: entry_addr,
+        })?;
         if entry & PTE_P == 0 {
             return Err(WalkError::NotPresent { vaddr, level });
         }
@@ -242,10 +250,10 @@ fn walk32(
     pse: bool,
 ) -> Result<Translation, WalkError> {
     let pde_addr = (cr3 & 0xffff_f000) + ((vaddr >> 22) & 0x3ff) * 4;
-    let pde = u64::from(
-        mem.read_u32(pde_addr)
-            .ok_or(WalkError::TableOutsideRam { vaddr, table: pde_addr })?,
-    );
+    let pde = u64::from(mem.read_u32(pde_addr).ok_or(WalkError::TableOutsideRam {
+        vaddr,
+        table: pde_addr,
+    })?);
     if pde & PTE_P == 0 {
         return Err(WalkError::NotPresent { vaddr, level: 2 });
     }
@@ -262,10 +270,10 @@ fn walk32(
         });
     }
     let pte_addr = (pde & 0xffff_f000) + ((vaddr >> 12) & 0x3ff) * 4;
-    let pte = u64::from(
-        mem.read_u32(pte_addr)
-            .ok_or(WalkError::TableOutsideRam { vaddr, table: pte_addr })?,
-    );
+    let pte = u64::from(mem.read_u32(pte_addr).ok_or(WalkError::TableOutsideRam {
+        vaddr,
+        table: pte_addr,
+    })?);
     if pte & PTE_P == 0 {
         return Err(WalkError::NotPresent { vaddr, level: 1 });
     }
@@ -328,7 +336,12 @@ mod tests {
     const PG: u64 = CR0_PG | 1;
 
     fn long4() -> PagingRegs {
-        PagingRegs { cr0: PG, cr3: 0x1000, cr4: CR4_PAE, efer: EFER_LMA | EFER_NXE }
+        PagingRegs {
+            cr0: PG,
+            cr3: 0x1000,
+            cr4: CR4_PAE,
+            efer: EFER_LMA | EFER_NXE,
+        }
     }
 
     #[test]
@@ -372,7 +385,10 @@ mod tests {
     #[test]
     fn long5_walks_five_levels() {
         let mut m = Fake::default();
-        let regs = PagingRegs { cr4: CR4_PAE | CR4_LA57, ..long4() };
+        let regs = PagingRegs {
+            cr4: CR4_PAE | CR4_LA57,
+            ..long4()
+        };
         m.put64(0x1000, 0x2000 | PTE_P);
         m.put64(0x2000, 0x3000 | PTE_P);
         m.put64(0x3000, 0x4000 | PTE_P);
@@ -386,7 +402,10 @@ mod tests {
         let m = Fake::default();
         assert_eq!(
             translate(&m, &long4(), 0x1000),
-            Err(WalkError::NotPresent { vaddr: 0x1000, level: 4 })
+            Err(WalkError::NotPresent {
+                vaddr: 0x1000,
+                level: 4
+            })
         );
         assert_eq!(
             translate(&m, &long4(), 0x0000_8000_0000_0000),
@@ -397,7 +416,10 @@ mod tests {
     #[test]
     fn table_outside_ram() {
         let m = Fake::default();
-        let regs = PagingRegs { cr3: 0x4000_0000, ..long4() };
+        let regs = PagingRegs {
+            cr3: 0x4000_0000,
+            ..long4()
+        };
         assert!(matches!(
             translate(&m, &regs, 0x1000),
             Err(WalkError::TableOutsideRam { .. })
@@ -407,13 +429,23 @@ mod tests {
     #[test]
     fn pae_and_bits32() {
         let mut m = Fake::default();
-        let pae = PagingRegs { cr0: PG, cr3: 0x1000, cr4: CR4_PAE, efer: 0 };
+        let pae = PagingRegs {
+            cr0: PG,
+            cr3: 0x1000,
+            cr4: CR4_PAE,
+            efer: 0,
+        };
         m.put64(0x1000 + 8 * 2, 0x2000 | PTE_P); // va 0x8000_0000 region
         m.put64(0x2000 + 8, 0x40_0000 | PTE_P | PTE_PS | PTE_W);
         let t = translate(&m, &pae, 0x8020_0010).unwrap();
         assert_eq!((t.phys, t.page_size), (0x40_0010, 2 << 20));
 
-        let b32 = PagingRegs { cr0: PG, cr3: 0x5000, cr4: CR4_PSE, efer: 0 };
+        let b32 = PagingRegs {
+            cr0: PG,
+            cr3: 0x5000,
+            cr4: CR4_PSE,
+            efer: 0,
+        };
         m.put32(0x5000 + 4, 0x0080_0000 | 0x83); // 4 MiB page at va 0x40_0000
         m.put32(0x5000 + 8, 0x6000 | 0x7); // page table for va 0x80_0000
         m.put32(0x6000 + 4 * 3, 0xa000 | 0x5); // va 0x80_3000 -> 0xa000 user r/o
@@ -423,7 +455,14 @@ mod tests {
         assert_eq!(t.phys, 0xa004);
         assert!(t.user && !t.writable);
         let no_pse = PagingRegs { cr4: 0, ..b32 };
-        // Without PSE the 4 MiB PDE is read as a page-table pointer.
-        assert!(translate(&m, &no_pse, 0x40_0004).is_ok());
+        // Without PSE the 4 MiB PDE is read as a page-table pointer (to an
+        // empty table here).
+        assert_eq!(
+            translate(&m, &no_pse, 0x40_0004),
+            Err(WalkError::NotPresent {
+                vaddr: 0x40_0004,
+                level: 1
+            })
+        );
     }
 }

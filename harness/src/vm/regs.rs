@@ -21,6 +21,10 @@ pub const BOOT_GDT: [u64; 5] = [
     0x0000_8b00_0000_0067,
 ];
 
+/// The limit of [`BOOT_GDT`] (size in bytes minus one).
+const BOOT_GDT_LIMIT: u16 = 8 * 5 - 1;
+const _: () = assert!(BOOT_GDT_LIMIT as usize == BOOT_GDT.len() * 8 - 1);
+
 fn flat(selector: u16, type_: u8) -> kvm_segment {
     kvm_segment {
         base: 0,
@@ -60,9 +64,22 @@ pub fn set_protected_mode_32(sregs: &mut kvm_sregs, gdt_addr: u64) {
         g: 0,
         ..Default::default()
     };
-    sregs.ldt = kvm_segment { unusable: 1, type_: 0x2, present: 1, ..Default::default() };
-    sregs.gdt = kvm_dtable { base: gdt_addr, limit: (BOOT_GDT.len() * 8 - 1) as u16, ..Default::default() };
-    sregs.idt = kvm_dtable { base: 0, limit: 0, ..Default::default() };
+    sregs.ldt = kvm_segment {
+        unusable: 1,
+        type_: 0x2,
+        present: 1,
+        ..Default::default()
+    };
+    sregs.gdt = kvm_dtable {
+        base: gdt_addr,
+        limit: BOOT_GDT_LIMIT,
+        ..Default::default()
+    };
+    sregs.idt = kvm_dtable {
+        base: 0,
+        limit: 0,
+        ..Default::default()
+    };
     sregs.cr0 = 0x11; // PE | ET
     sregs.cr3 = 0;
     sregs.cr4 = 0;
@@ -71,12 +88,23 @@ pub fn set_protected_mode_32(sregs: &mut kvm_sregs, gdt_addr: u64) {
 
 /// Initial general registers: everything zero, RFLAGS reserved bit set.
 pub fn entry_regs(rip: u64, rax: u64, rbx: u64) -> kvm_regs {
-    kvm_regs { rip, rax, rbx, rflags: 0x2, ..Default::default() }
+    kvm_regs {
+        rip,
+        rax,
+        rbx,
+        rflags: 0x2,
+        ..Default::default()
+    }
 }
 
 /// The paging-relevant control registers of `sregs`.
 pub fn paging_regs(sregs: &kvm_sregs) -> PagingRegs {
-    PagingRegs { cr0: sregs.cr0, cr3: sregs.cr3, cr4: sregs.cr4, efer: sregs.efer }
+    PagingRegs {
+        cr0: sregs.cr0,
+        cr3: sregs.cr3,
+        cr4: sregs.cr4,
+        efer: sregs.efer,
+    }
 }
 
 /// Code bitness from CS: 64, 32 or 16.
@@ -156,7 +184,11 @@ impl RegisterDump {
 impl std::fmt::Display for RegisterDump {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         for (i, (name, value)) in self.regs.iter().enumerate() {
-            let sep = if i % 4 == 3 || i + 1 == self.regs.len() { "\n" } else { "  " };
+            let sep = if i % 4 == 3 || i + 1 == self.regs.len() {
+                "\n"
+            } else {
+                "  "
+            };
             write!(f, "{name:>9}={value:016x}{sep}")?;
         }
         Ok(())
@@ -188,7 +220,13 @@ mod tests {
 
     #[test]
     fn dump_formats_every_register() {
-        let d = RegisterDump::new(&kvm_regs { rip: 0x1234, ..Default::default() }, &kvm_sregs::default());
+        let d = RegisterDump::new(
+            &kvm_regs {
+                rip: 0x1234,
+                ..Default::default()
+            },
+            &kvm_sregs::default(),
+        );
         assert_eq!(d.get("rip"), Some(0x1234));
         assert!(d.to_string().contains("rip=0000000000001234"));
     }
