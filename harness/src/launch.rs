@@ -53,6 +53,15 @@ pub enum LaunchError {
         #[source]
         source: std::io::Error,
     },
+    /// The kernel image was refused.
+    #[error("Cannot load kernel {name}")]
+    Load {
+        /// The kernel's name or path.
+        name: String,
+        /// Why.
+        #[source]
+        source: MachineError,
+    },
     /// Building or running the machine failed.
     #[error(transparent)]
     Machine(#[from] MachineError),
@@ -62,7 +71,9 @@ impl LaunchError {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> u8 {
         match self {
-            LaunchError::UnknownGuest(_) | LaunchError::Read { .. } => exit_code::BAD_INPUT,
+            LaunchError::UnknownGuest(_) | LaunchError::Read { .. } | LaunchError::Load { .. } => {
+                exit_code::BAD_INPUT
+            }
             LaunchError::Machine(MachineError::Boot(_)) => exit_code::BAD_INPUT,
             LaunchError::Machine(_) => exit_code::HOST_ERROR,
         }
@@ -144,7 +155,9 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome, LaunchError> {
         .collect::<Result<Vec<_>, LaunchError>>()?;
 
     let mut machine = Machine::new(opts.machine.clone())?;
-    machine.load_kernel(&image, &opts.cmdline, &modules)?;
+    machine
+        .load_kernel(&image, &opts.cmdline, &modules)
+        .map_err(|source| LaunchError::Load { name: name.clone(), source })?;
     let stop = machine.run(&opts.stop)?;
     let code = exit_code_for(&stop, opts.qemu_exit_codes);
     let report = RunReport::new(&machine, name, opts.cmdline.clone(), stop, code);

@@ -255,9 +255,11 @@ impl Machine {
         let mut buf = [0u8; 15];
         let n = access::read_virt_prefix(&self.vm.mem, &paging_regs(&sregs), lrip, &mut buf);
         let insn = Completer::decode(&buf[..n], bitness, regs.rip);
+        // Report just the instruction's bytes when it decodes, else all we read.
+        let shown = if insn.is_invalid() { n } else { insn.len().min(n) };
         let failed = FailedInstruction {
             linear_rip: lrip,
-            bytes: buf[..n].to_vec(),
+            bytes: buf[..shown].to_vec(),
             disasm: Completer::disassemble(&insn, n > 0),
             bitness,
         };

@@ -20,14 +20,17 @@ const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
     /// /dev/kvm does not exist.
-    #[error("Cannot open /dev/kvm: it does not exist — load the kvm module (modprobe kvm_intel or kvm_amd) or run on a host with hardware virtualization")]
-    KvmMissing,
+    #[error("Cannot open {0}: it does not exist — load the kvm module (modprobe kvm_intel or kvm_amd) or run on a host with hardware virtualization")]
+    KvmMissing(String),
     /// /dev/kvm is not accessible.
-    #[error("Cannot open /dev/kvm: permission denied — add your user to the kvm group (sudo usermod -aG kvm $USER) and log in again")]
-    KvmDenied,
+    #[error("Cannot open {0}: permission denied — add your user to the kvm group (sudo usermod -aG kvm $USER) and log in again")]
+    KvmDenied(String),
     /// /dev/kvm could not be opened for another reason.
-    #[error("Cannot open /dev/kvm")]
-    KvmOpen(#[source] kvm_ioctls::Error),
+    #[error("Cannot open {0}")]
+    KvmOpen(String, #[source] kvm_ioctls::Error),
+    /// The device answered no KVM ioctl.
+    #[error("{0} is not a KVM device (KVM_GET_API_VERSION failed)")]
+    NotKvm(String),
     /// The KVM API version is not the stable one.
     #[error("KVM API version {0} is not supported (need 12)")]
     ApiVersion(i32),
@@ -55,14 +58,25 @@ impl VmError {
     }
 }
 
+/// Environment variable that names another KVM device node (for tests of the
+/// error path, or hosts with KVM elsewhere). Defaults to /dev/kvm.
+pub const KVM_DEVICE_ENV: &str = "LUNAVM_KVM_DEVICE";
+
 /// Opens /dev/kvm with an error that says how to fix the usual problems.
 pub fn open_kvm() -> Result<Kvm, VmError> {
-    let kvm = Kvm::new().map_err(|e| match e.errno() {
-        libc::ENOENT => VmError::KvmMissing,
-        libc::EACCES | libc::EPERM => VmError::KvmDenied,
-        _ => VmError::KvmOpen(e),
+    let path = std::env::var_os(KVM_DEVICE_ENV).unwrap_or_else(|| "/dev/kvm".into());
+    let shown = path.to_string_lossy().into_owned();
+    let c_path = std::ffi::CString::new(path.as_encoded_bytes().to_vec())
+        .map_err(|_| VmError::KvmMissing(shown.clone()))?;
+    let kvm = Kvm::new_with_path(&c_path).map_err(|e| match e.errno() {
+        libc::ENOENT => VmError::KvmMissing(shown.clone()),
+        libc::EACCES | libc::EPERM => VmError::KvmDenied(shown.clone()),
+        _ => VmError::KvmOpen(shown.clone(), e),
     })?;
     let version = kvm.get_api_version();
+    if version < 0 {
+        return Err(VmError::NotKvm(shown));
+    }
     if version != 12 {
         return Err(VmError::ApiVersion(version));
     }
