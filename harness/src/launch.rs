@@ -157,7 +157,10 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome, LaunchError> {
     let mut machine = Machine::new(opts.machine.clone())?;
     machine
         .load_kernel(&image, &opts.cmdline, &modules)
-        .map_err(|source| LaunchError::Load { name: name.clone(), source })?;
+        .map_err(|source| LaunchError::Load {
+            name: name.clone(),
+            source,
+        })?;
     let stop = machine.run(&opts.stop)?;
     let code = exit_code_for(&stop, opts.qemu_exit_codes);
     let report = RunReport::new(&machine, name, opts.cmdline.clone(), stop, code);

@@ -17,9 +17,9 @@ fn run_kernel(name: &str, bytes: &[u8]) -> (Option<i32>, String) {
 
 /// Patches the p_paddr of the first PT_LOAD of an ELF64 image.
 fn with_first_load_at(mut elf: Vec<u8>, paddr: u64) -> Vec<u8> {
-    let phoff = u64::from_le_bytes(elf[32..40].try_into().unwrap()) as usize;
-    let phentsize = u16::from_le_bytes(elf[54..56].try_into().unwrap()) as usize;
-    let phnum = u16::from_le_bytes(elf[56..58].try_into().unwrap()) as usize;
+    let phoff = usize::try_from(u64::from_le_bytes(elf[32..40].try_into().unwrap())).unwrap();
+    let phentsize = usize::from(u16::from_le_bytes(elf[54..56].try_into().unwrap()));
+    let phnum = usize::from(u16::from_le_bytes(elf[56..58].try_into().unwrap()));
     for i in 0..phnum {
         let ph = phoff + i * phentsize;
         if u32::from_le_bytes(elf[ph..ph + 4].try_into().unwrap()) == 1 {
@@ -39,7 +39,9 @@ fn empty_kernel() {
 
 #[test]
 fn garbage_kernel() {
-    let garbage: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let garbage: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13).to_le_bytes()[0])
+        .collect();
     let (code, err) = run_kernel("garbage.bin", &garbage);
     assert_eq!(code, Some(2));
     insta::assert_snapshot!("garbage_kernel", err);
@@ -53,7 +55,10 @@ fn truncated_kernels() {
     insta::assert_snapshot!("truncated_header", err);
     let (code, err) = run_kernel("half.elf", &elf[..elf.len() / 8]);
     assert_eq!(code, Some(2));
-    assert!(err.contains("truncated") || err.contains("Malformed"), "{err}");
+    assert!(
+        err.contains("truncated") || err.contains("Malformed"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -75,7 +80,10 @@ fn segment_over_the_boot_area() {
 #[test]
 fn bad_multiboot_checksum() {
     let mut elf = guest_elf("mb_hello");
-    let at = elf.windows(4).position(|w| w == 0x1bad_b002u32.to_le_bytes()).expect("multiboot header");
+    let at = elf
+        .windows(4)
+        .position(|w| w == 0x1bad_b002u32.to_le_bytes())
+        .expect("multiboot header");
     elf[at + 8] ^= 0xff;
     let (code, err) = run_kernel("badsum.elf", &elf);
     assert_eq!(code, Some(2));
@@ -109,7 +117,11 @@ fn bad_options() {
 
 #[test]
 fn missing_kvm_device_says_how_to_fix_it() {
-    let run = lunavm_env(&["run"], &[("LUNAVM_KVM_DEVICE", "/nonexistent/kvm")], Duration::from_secs(30));
+    let run = lunavm_env(
+        &["run"],
+        &[("LUNAVM_KVM_DEVICE", "/nonexistent/kvm")],
+        Duration::from_secs(30),
+    );
     assert_eq!(run.code, Some(3));
     insta::assert_snapshot!("kvm_missing", run.stderr);
 }

@@ -21,10 +21,25 @@ const CHECKS: &[(&str, &str)] = &[
 #[test]
 fn every_check_passes_and_every_completion_is_counted() {
     let (run, report) = run_guest("emulate", &[]);
-    assert_eq!(run.code, Some(0), "stdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
+    assert_eq!(
+        run.code,
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        run.stdout,
+        run.stderr
+    );
     assert!(run.stdout.contains("8 checks, 0 failed"), "{}", run.stdout);
-    let completed: u64 = report["completions"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
-    assert_eq!(completed, report["exits"]["emulation_failure"].as_u64().unwrap(), "each failure completed");
+    let completed: u64 = report["completions"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        completed,
+        report["exits"]["emulation_failure"].as_u64().unwrap(),
+        "each failure completed"
+    );
 }
 
 #[test]
@@ -32,15 +47,31 @@ fn each_entry_completes_alone_and_stops_cleanly_when_switched_off() {
     for (only, entry) in CHECKS {
         let cmdline = format!("only={only}");
         let (run, report) = run_guest("emulate", &["--cmdline", &cmdline]);
-        assert_eq!(run.code, Some(0), "{only}: stdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
-        assert!(run.stdout.contains("1 checks, 0 failed"), "{only}: {}", run.stdout);
+        assert_eq!(
+            run.code,
+            Some(0),
+            "{only}: stdout:\n{}\nstderr:\n{}",
+            run.stdout,
+            run.stderr
+        );
+        assert!(
+            run.stdout.contains("1 checks, 0 failed"),
+            "{only}: {}",
+            run.stdout
+        );
         let used = report["completions"][entry].as_u64().unwrap_or(0);
         if used == 0 {
             // This host ran the instruction without KVM failing on it.
             continue;
         }
-        let (off, off_report) = run_guest("emulate", &["--cmdline", &cmdline, "--no-complete", entry]);
-        assert_eq!(off.code, Some(72), "{only} with --no-complete: {}", off.stderr);
+        let (off, off_report) =
+            run_guest("emulate", &["--cmdline", &cmdline, "--no-complete", entry]);
+        assert_eq!(
+            off.code,
+            Some(72),
+            "{only} with --no-complete: {}",
+            off.stderr
+        );
         assert_eq!(off_report["stop"]["kind"], "emulation_failure");
         let reason = off_report["stop"]["reason"].as_str().unwrap();
         assert!(reason.contains("switched off"), "{reason}");

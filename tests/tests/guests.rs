@@ -10,7 +10,11 @@ fn hello_prints_and_exits_zero() {
     let (run, report) = run_guest("hello", &[]);
     assert_eq!(run.code, Some(0), "stderr:\n{}", run.stderr);
     insta::assert_snapshot!("hello_serial", run.stdout);
-    assert!(run.stderr.contains("guest exited with value 0 (port 0xf4)"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("guest exited with value 0 (port 0xf4)"),
+        "{}",
+        run.stderr
+    );
     assert_eq!(report["report_version"], 1);
     assert_eq!(report["stop"]["kind"], "guest_exit");
     assert_eq!(report["protocol"], "pvh");
@@ -22,7 +26,11 @@ fn run_without_arguments_boots_hello() {
     require_kvm();
     let run = lunavm(&["run"]);
     assert_eq!(run.code, Some(0));
-    assert!(run.stdout.starts_with("Hello from lunavm guest 'hello'!"), "{}", run.stdout);
+    assert!(
+        run.stdout.starts_with("Hello from lunavm guest 'hello'!"),
+        "{}",
+        run.stdout
+    );
 }
 
 #[test]
@@ -34,7 +42,11 @@ fn exit_status_passes_through_and_qemu_mapping_is_available() {
     assert_eq!(run.code, Some(11), "(5 << 1) | 1");
     assert_eq!(report["stop"]["value"], 5);
     let (run, _) = run_guest("hello", &["--cmdline", "status=300"]);
-    assert_eq!(run.code, Some(300 & 0xff), "documented truncation to 8 bits");
+    assert_eq!(
+        run.code,
+        Some(300 & 0xff),
+        "documented truncation to 8 bits"
+    );
 }
 
 #[test]
@@ -51,11 +63,17 @@ fn exits_guest_makes_the_exits_it_is_asked_for() {
 
 #[test]
 fn budgets_stop_the_run() {
-    let (run, report) = run_guest("exits", &["--cmdline", "count=100000", "--max-exits", "500"]);
+    let (run, report) = run_guest(
+        "exits",
+        &["--cmdline", "count=100000", "--max-exits", "500"],
+    );
     assert_eq!(run.code, Some(73));
     assert_eq!(report["stop"]["kind"], "exit_budget");
     assert_eq!(report["stop"]["exits"], 500);
-    let (run, report) = run_guest("exits", &["--cmdline", "count=100000", "--max-time", "300us"]);
+    let (run, report) = run_guest(
+        "exits",
+        &["--cmdline", "count=100000", "--max-time", "300us"],
+    );
     assert_eq!(run.code, Some(73));
     assert_eq!(report["stop"]["kind"], "time_budget");
     assert_eq!(report["virtual_time_ns"], 300_000);
@@ -67,7 +85,10 @@ fn faults_guest_handles_a_page_fault_and_int3() {
     assert_eq!(run.code, Some(0), "stderr:\n{}", run.stderr);
     insta::assert_snapshot!("faults_serial", run.stdout);
     let int3_failures = report["exits"]["emulation_failure"].as_u64().unwrap();
-    assert_eq!(report["completions"]["int3"].as_u64().unwrap_or(0), int3_failures);
+    assert_eq!(
+        report["completions"]["int3"].as_u64().unwrap_or(0),
+        int3_failures
+    );
 }
 
 #[test]
@@ -75,7 +96,12 @@ fn triple_fault_stops_with_a_register_dump() {
     let (run, report) = run_guest("faults", &["--cmdline", "triple=1"]);
     assert_eq!(run.code, Some(71), "stderr:\n{}", run.stderr);
     assert_eq!(report["stop"]["kind"], "shutdown");
-    let summary: String = run.stderr.lines().take_while(|l| !l.contains("kernel ")).collect::<Vec<_>>().join("\n");
+    let summary: String = run
+        .stderr
+        .lines()
+        .take_while(|l| !l.contains("kernel "))
+        .collect::<Vec<_>>()
+        .join("\n");
     insta::assert_snapshot!("triple_fault_report", summary);
 }
 
@@ -88,7 +114,11 @@ fn ucall_guest_sends_every_command() {
         assert_eq!(report["ucalls"]["counts"][cmd], 1, "{cmd}");
     }
     assert_eq!(report["ucalls"]["prints"][0], "hello via ucall");
-    assert!(run.stderr.contains("guest: hello via ucall"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("guest: hello via ucall"),
+        "{}",
+        run.stderr
+    );
     assert_eq!(report["ucalls"]["last"]["CMP"]["args"][0], 0x1234);
     assert_eq!(report["ucalls"]["last"]["CMP"]["args"][1], 0x1234);
     assert_eq!(report["ucalls"]["last"]["FUZZ_POINT"]["args"][1], 64);
@@ -103,7 +133,12 @@ fn ucall_assert_stops_the_run() {
     assert_eq!(report["stop"]["kind"], "assert");
     let args = report["stop"]["args"].as_array().unwrap();
     assert_eq!((args[1].as_u64(), args[2].as_u64()), (Some(2), Some(3)));
-    let line = run.stderr.lines().find(|l| l.starts_with("lunavm:")).unwrap_or_default().to_string();
+    let line = run
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("lunavm:"))
+        .unwrap_or_default()
+        .to_string();
     insta::assert_snapshot!("ucall_assert", line);
 }
 
@@ -114,7 +149,17 @@ fn multiboot_guest_gets_its_command_line_and_modules() {
     let (_d2, m2) = temp_file("second.bin", b"second\0binary");
     let arg1 = format!("{},mod-one arg", m1.display());
     let arg2 = m2.to_str().unwrap().to_string();
-    let run = lunavm(&["run", "--guest", "mb_hello", "--cmdline", "mb test", "--module", &arg1, "--module", &arg2]);
+    let run = lunavm(&[
+        "run",
+        "--guest",
+        "mb_hello",
+        "--cmdline",
+        "mb test",
+        "--module",
+        &arg1,
+        "--module",
+        &arg2,
+    ]);
     assert_eq!(run.code, Some(0), "stderr:\n{}", run.stderr);
     insta::assert_snapshot!("mb_hello_serial", run.stdout);
     assert!(run.stderr.contains("guest: 32-bit ucall"), "{}", run.stderr);
@@ -129,7 +174,12 @@ fn host_cpu_profile_passes_kvm_supported_cpuid_through() {
     // The baseline hides at least what the host profile offers and the guest
     // sees, so it can never report fewer leaks than the host profile.
     let n = |r: &serde_json::Value| r["cpu"]["still_visible"].as_array().unwrap().len();
-    assert!(n(&base) >= n(&host), "baseline {} < host {}", n(&base), n(&host));
+    assert!(
+        n(&base) >= n(&host),
+        "baseline {} < host {}",
+        n(&base),
+        n(&host)
+    );
 }
 
 #[test]

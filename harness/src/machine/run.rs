@@ -256,7 +256,11 @@ impl Machine {
         let n = access::read_virt_prefix(&self.vm.mem, &paging_regs(&sregs), lrip, &mut buf);
         let insn = Completer::decode(&buf[..n], bitness, regs.rip);
         // Report just the instruction's bytes when it decodes, else all we read.
-        let shown = if insn.is_invalid() { n } else { insn.len().min(n) };
+        let shown = if insn.is_invalid() {
+            n
+        } else {
+            insn.len().min(n)
+        };
         let failed = FailedInstruction {
             linear_rip: lrip,
             bytes: buf[..shown].to_vec(),

@@ -36,7 +36,11 @@ pub fn lunavm_bin() -> &'static Path {
 /// Fails loudly when the host has no usable /dev/kvm: these tests need KVM and
 /// must never be skipped silently.
 pub fn require_kvm() {
-    let ok = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+    let ok = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
     assert!(
         ok,
         "\n\n*** /dev/kvm is missing or not accessible: lunavm's end-to-end tests need KVM. ***\n\
@@ -47,7 +51,10 @@ pub fn require_kvm() {
 /// Runs `lunavm ARGS` with extra environment, killing it after `limit`.
 pub fn lunavm_env(args: &[&str], env: &[(&str, &str)], limit: Duration) -> Run {
     let mut cmd = Command::new(lunavm_bin());
-    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -107,7 +114,10 @@ pub fn temp_file(name: &str, bytes: &[u8]) -> (tempfile::TempDir, PathBuf) {
 /// The ELF of a built-in guest, as the binary embeds it (read back through
 /// the library so tests can corrupt copies of real images).
 pub fn guest_elf(name: &str) -> Vec<u8> {
-    lunavm::guests::find(name).unwrap_or_else(|| panic!("guest {name}")).elf.to_vec()
+    lunavm::guests::find(name)
+        .unwrap_or_else(|| panic!("guest {name}"))
+        .elf
+        .to_vec()
 }
 
 /// Replaces the temp directory in messages so snapshots are stable.
