@@ -91,7 +91,10 @@ pub enum MachineError {
 /// The machine.
 pub struct Machine {
     config: MachineConfig,
-    vcpu: VcpuFd,
+    /// Every vCPU; the run loop enters the one [`Machine::schedule`] picks.
+    vcpus: Vec<VcpuFd>,
+    /// Index of the vCPU that ran last (the one registers are read from).
+    current: usize,
     vm: Vm,
     requested_cpuid: CpuId,
     effective_cpuid: EffectiveCpuid,
@@ -132,7 +135,8 @@ impl Machine {
         let completer = Completer::new(config.no_complete.clone(), config.seed);
         Ok(Machine {
             config,
-            vcpu,
+            vcpus: vec![vcpu],
+            current: 0,
             vm,
             requested_cpuid,
             effective_cpuid,
@@ -156,7 +160,7 @@ impl Machine {
         modules: &[Module],
     ) -> Result<&LoadedKernel, MachineError> {
         let kernel = boot::load(&self.vm.mem, self.vm.mem_size, image, cmdline, modules)?;
-        boot::enter(&self.vcpu, &self.vm.mem, &kernel)?;
+        boot::enter(&self.vcpus[0], &self.vm.mem, &kernel)?;
         Ok(self.kernel.insert(kernel))
     }
 
@@ -236,8 +240,14 @@ impl Machine {
         &self.vm.mem
     }
 
-    /// The vCPU, for front ends that read registers.
+    /// The current vCPU, for front ends that read registers.
     pub fn vcpu(&self) -> &VcpuFd {
-        &self.vcpu
+        &self.vcpus[self.current]
+    }
+
+    /// Picks the vCPU to enter next. With one vCPU it is always vCPU 0; SMP
+    /// interleaves vCPUs here, at exits, on the caller's thread.
+    fn schedule(&self) -> usize {
+        self.current % self.vcpus.len()
     }
 }

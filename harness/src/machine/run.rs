@@ -70,7 +70,9 @@ impl Machine {
                 return Ok(StopReason::TimeBudget { ns });
             }
 
-            let pending = match self.vcpu.run() {
+            self.current = self.schedule();
+            let vcpu = &mut self.vcpus[self.current];
+            let pending = match vcpu.run() {
                 Ok(VcpuExit::IoOut(port, data)) => {
                     self.exits.pio_out += 1;
                     if port == UCALL_PORT && data.len() == 4 {
@@ -101,7 +103,7 @@ impl Machine {
                 Ok(VcpuExit::Hlt) => Pending::Halt,
                 Ok(VcpuExit::Shutdown) => Pending::Shutdown,
                 Ok(VcpuExit::InternalError) => {
-                    let run = self.vcpu.get_kvm_run();
+                    let run = vcpu.get_kvm_run();
                     // SAFETY: KVM set exit_reason to KVM_EXIT_INTERNAL_ERROR, which
                     // means the `internal` member of the union is the one written.
                     let suberror = unsafe { run.__bindgen_anon_1.internal.suberror };
@@ -173,14 +175,14 @@ impl Machine {
     }
 
     fn get_regs(&self) -> Result<kvm_bindings::kvm_regs, MachineError> {
-        self.vcpu.get_regs().map_err(|source| MachineError::Kvm {
+        self.vcpu().get_regs().map_err(|source| MachineError::Kvm {
             what: "read registers",
             source,
         })
     }
 
     fn get_sregs(&self) -> Result<kvm_bindings::kvm_sregs, MachineError> {
-        self.vcpu.get_sregs().map_err(|source| MachineError::Kvm {
+        self.vcpu().get_sregs().map_err(|source| MachineError::Kvm {
             what: "read special registers",
             source,
         })
@@ -275,7 +277,7 @@ impl Machine {
             }));
         }
         let ctx = Context {
-            vcpu: &self.vcpu,
+            vcpu: &self.vcpus[self.current],
             mem: &self.vm.mem,
             regs,
             sregs,
