@@ -16,6 +16,7 @@ const CHECKS: &[(&str, &str)] = &[
     ("rdrand", "rdrand"),
     ("rdseed", "rdseed"),
     ("clac", "clac"),
+    ("badenc", "invalid"),
 ];
 
 #[test]
@@ -28,7 +29,7 @@ fn every_check_passes_and_every_completion_is_counted() {
         run.stdout,
         run.stderr
     );
-    assert!(run.stdout.contains("8 checks, 0 failed"), "{}", run.stdout);
+    assert!(run.stdout.contains("9 checks, 0 failed"), "{}", run.stdout);
     let completed: u64 = report["completions"]
         .as_object()
         .unwrap()

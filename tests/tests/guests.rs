@@ -62,6 +62,15 @@ fn exits_guest_makes_the_exits_it_is_asked_for() {
 }
 
 #[test]
+fn a_halt_with_nothing_to_wake_the_guest_stops_the_run() {
+    let (run, report) = run_guest("hello", &["--cmdline", "halt=1"]);
+    assert_eq!(run.code, Some(74), "stderr:\n{}", run.stderr);
+    assert_eq!(report["stop"]["kind"], "halted");
+    assert_eq!(report["stop"]["interrupts_enabled"], false);
+    assert_eq!(report["exits"]["hlt"], 1);
+}
+
+#[test]
 fn budgets_stop_the_run() {
     let (run, report) = run_guest(
         "exits",

@@ -6,7 +6,7 @@
  *
  * Options:
  *   only=NAME   run one check: int3 intn fwait cmpxchg16b xgetbv rdrand
- *               rdseed clac
+ *               rdseed clac badenc
  *   osxsave=1   set CR4.OSXSAVE first (when CPUID reports XSAVE), so
  *               xgetbv is expected to work instead of raising #UD
  *
@@ -365,10 +365,31 @@ static void check_clac(void)
 		ok(name);
 }
 
+/* ---- an invalid encoding: movbe with a register operand ---- */
+
+/*
+ * MOVBE (0f 38 f0 /r) only takes a memory operand; the register form
+ * (mod = 11) is undefined and raises #UD on hardware. KVM's emulator fails on
+ * it here, and lunavm injects the #UD hardware would raise.
+ */
+static void check_badenc(void)
+{
+	const char *name = "badenc";
+
+	expect_fault(UD_VECTOR, 4);
+	__asm__ volatile(".byte 0x0f, 0x38, 0xf0, 0xc0" : : : "memory", "cc");
+	int seen = fault_taken();
+	if (seen != UD_VECTOR)
+		fail(name, "expected #UD, saw %d", seen);
+	else
+		ok(name);
+}
+
 /* ---- driver ---- */
 
 static const char *const names[] = {
 	"int3", "intn", "fwait", "cmpxchg16b", "xgetbv", "rdrand", "rdseed", "clac",
+	"badenc",
 };
 
 static void run(const char *name, const char *cmdline)
@@ -390,6 +411,8 @@ static void run(const char *name, const char *cmdline)
 		check_random(name, cpuid(7, 0).ebx & (1u << 18), rdseed64);
 	else if (!strcmp(name, "clac"))
 		check_clac();
+	else if (!strcmp(name, "badenc"))
+		check_badenc();
 }
 
 int guest_main(const char *cmdline)

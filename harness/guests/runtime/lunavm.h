@@ -96,6 +96,11 @@ _Static_assert(offsetof(struct multiboot_info, mods_count) == 20, "mb mods offse
 extern const struct hvm_start_info *lunavm_pvh_info;   /* PVH boot */
 extern const struct multiboot_info *lunavm_mb_info;    /* multiboot boot */
 
+#ifdef __x86_64__
+/* The boot page tables' PML4 (CR3 after boot): 0-4 GiB identity, 2 MiB pages. */
+extern uint64_t lunavm_boot_pml4[512];
+#endif
+
 /* Linker symbols: first byte of the image, end of .bss, end of the image. */
 extern char __image_start[], __bss_end[], __image_end[];
 
@@ -331,8 +336,8 @@ int serial_getc(void);             /* blocks, polling LSR */
 int serial_trygetc(void);          /* -1 when no byte is waiting */
 
 /*
- * Formats: %s %c %d %i %u %x %X %p %% with l/ll/z modifiers, and an optional
- * '0' flag and width (e.g. %08x, %16llx). %p prints 0x followed by hex.
+ * Formats: %s %c %d %i %u %x %X %p %% with l/ll/z modifiers, the flags '0'
+ * and '-' and a width (e.g. %08x, %-10s, %16llx). %p prints 0x and hex.
  */
 __attribute__((format(printf, 1, 2))) int printf(const char *fmt, ...);
 int vprintf(const char *fmt, va_list ap);

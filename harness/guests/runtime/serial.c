@@ -154,10 +154,15 @@ static void fmt(struct fmt_out *o, const char *f, va_list ap)
 		f++;
 		char pad = ' ';
 		unsigned width = 0;
+		bool left = false;
 		int lng = 0; /* 0: int, 1: long, 2: long long, 3: size_t */
-		if (*f == '0') {
-			pad = '0';
-			f++;
+		for (;; f++) {
+			if (*f == '0')
+				pad = '0';
+			else if (*f == '-')
+				left = true;
+			else
+				break;
 		}
 		while (*f >= '0' && *f <= '9')
 			width = width * 10 + (unsigned)(*f++ - '0');
@@ -172,6 +177,10 @@ static void fmt(struct fmt_out *o, const char *f, va_list ap)
 			f++;
 		}
 
+		if (left)
+			pad = ' ';
+		size_t start = o->pos;
+		unsigned w = left ? 0 : width; /* right-justify inside the converters */
 		uint64_t u;
 		switch (*f) {
 		case 'd':
@@ -186,7 +195,7 @@ static void fmt(struct fmt_out *o, const char *f, va_list ap)
 			else
 				s = va_arg(ap, int);
 			u = s < 0 ? (uint64_t)0 - (uint64_t)s : (uint64_t)s;
-			fmt_number(o, u, 10, false, s < 0, width, pad);
+			fmt_number(o, u, 10, false, s < 0, w, pad);
 			break;
 		}
 		case 'u':
@@ -200,19 +209,19 @@ static void fmt(struct fmt_out *o, const char *f, va_list ap)
 				u = va_arg(ap, size_t);
 			else
 				u = va_arg(ap, unsigned int);
-			fmt_number(o, u, *f == 'u' ? 10 : 16, *f == 'X', false, width, pad);
+			fmt_number(o, u, *f == 'u' ? 10 : 16, *f == 'X', false, w, pad);
 			break;
 		case 'p':
 			fmt_putc(o, '0');
 			fmt_putc(o, 'x');
-			fmt_number(o, (uintptr_t)va_arg(ap, void *), 16, false, false, width, pad);
+			fmt_number(o, (uintptr_t)va_arg(ap, void *), 16, false, false, w, pad);
 			break;
 		case 'c':
 			fmt_putc(o, (char)va_arg(ap, int));
 			break;
 		case 's': {
 			const char *s = va_arg(ap, const char *);
-			fmt_string(o, s ? s : "(null)", width);
+			fmt_string(o, s ? s : "(null)", w);
 			break;
 		}
 		case '%':
@@ -225,6 +234,8 @@ static void fmt(struct fmt_out *o, const char *f, va_list ap)
 			fmt_putc(o, *f);
 			break;
 		}
+		while (left && o->pos - start < width)
+			fmt_putc(o, ' ');
 	}
 }
 

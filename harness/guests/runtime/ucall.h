@@ -91,10 +91,19 @@ __attribute__((noreturn)) void lunavm_assert_fail(const char *file, uint32_t lin
 						  const char *expr, uint64_t left,
 						  uint64_t right);
 
+/*
+ * The file as given to gcc (build from harness/guests with relative paths,
+ * as build.sh and build.rs do, and it is "guests/NAME.c"). Define
+ * LUNAVM_FILE as __FILE_NAME__ before including this for base names only.
+ */
+#ifndef LUNAVM_FILE
+#define LUNAVM_FILE __FILE__
+#endif
+
 #define GUEST_ASSERT(cond)                                                \
 	do {                                                              \
 		if (!(cond))                                              \
-			lunavm_assert_fail(__FILE__, __LINE__, #cond, 0, 0); \
+			lunavm_assert_fail(LUNAVM_FILE, __LINE__, #cond, 0, 0); \
 	} while (0)
 
 /* Both sides are converted to uint64_t (cast pointers through uintptr_t). */
@@ -103,7 +112,7 @@ __attribute__((noreturn)) void lunavm_assert_fail(const char *file, uint32_t lin
 		uint64_t __lunavm_a = (uint64_t)(a);                        \
 		uint64_t __lunavm_b = (uint64_t)(b);                        \
 		if (__lunavm_a != __lunavm_b)                               \
-			lunavm_assert_fail(__FILE__, __LINE__, #a " == " #b, \
+			lunavm_assert_fail(LUNAVM_FILE, __LINE__, #a " == " #b, \
 					   __lunavm_a, __lunavm_b);         \
 	} while (0)
 

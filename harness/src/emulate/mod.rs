@@ -15,6 +15,7 @@
 //! | `rdrand`     | a value from the run's seed, CF=1                             |
 //! | `rdseed`     | a value from the run's seed, CF=1                             |
 //! | `clac`       | `clac`/`stac`: clear or set RFLAGS.AC                         |
+//! | `invalid`    | an encoding the decoder rejects: inject #UD, as hardware would |
 //!
 //! An instruction whose feature the effective CPUID (measured in the guest) lacks
 //! gets #UD, as hardware would; an invalid encoding gets #UD; anything else stops
@@ -52,11 +53,13 @@ pub enum Entry {
     Rdseed,
     /// `clac` and `stac`.
     Clac,
+    /// An invalid encoding (#UD injected).
+    Invalid,
 }
 
 impl Entry {
     /// Every entry, in table order.
-    pub const ALL: [Entry; 8] = [
+    pub const ALL: [Entry; 9] = [
         Entry::Int3,
         Entry::IntN,
         Entry::Fwait,
@@ -65,6 +68,7 @@ impl Entry {
         Entry::Rdrand,
         Entry::Rdseed,
         Entry::Clac,
+        Entry::Invalid,
     ];
 
     /// Its name on the command line and in reports.
@@ -78,6 +82,7 @@ impl Entry {
             Entry::Rdrand => "rdrand",
             Entry::Rdseed => "rdseed",
             Entry::Clac => "clac",
+            Entry::Invalid => "invalid",
         }
     }
 
@@ -112,8 +117,6 @@ pub enum Outcome {
         /// The exception injected instead of completing, if any (6 = #UD, ...).
         injected: Option<u8>,
     },
-    /// #UD injected for an invalid encoding.
-    InvalidEncoding,
     /// Not completed: the run stops.
     Unhandled {
         /// Why, in words.
@@ -209,12 +212,12 @@ impl Completer {
         ctx: &Context<'_>,
         insn: &Instruction,
     ) -> Result<Outcome, CompletionError> {
-        if insn.is_invalid() {
-            // Bytes the decoder rejects: hardware would raise #UD.
-            ops::inject_exception(ctx, 6, None, insn).map_err(|e| e.into_error(insn))?;
-            return Ok(Outcome::InvalidEncoding);
-        }
-        let Some(entry) = Entry::for_mnemonic(insn.mnemonic()) else {
+        let entry = if insn.is_invalid() {
+            Some(Entry::Invalid)
+        } else {
+            Entry::for_mnemonic(insn.mnemonic())
+        };
+        let Some(entry) = entry else {
             return Ok(Outcome::Unhandled {
                 reason: format!("no completion for {:?} in lunavm's table", insn.mnemonic()),
             });

@@ -109,6 +109,8 @@ pub fn complete(
         Ok(Done::Completed(Some(UD)))
     };
     match entry {
+        // Bytes the decoder rejects: hardware would raise #UD.
+        Entry::Invalid => ud(ctx),
         Entry::Int3 => {
             // #BP is a trap: the saved RIP is the next instruction.
             set_regs(ctx, &advance(ctx, insn))?;

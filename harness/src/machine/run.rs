@@ -284,7 +284,7 @@ impl Machine {
             cpuid: &self.effective_cpuid,
         };
         match self.completer.complete(&ctx, &insn)? {
-            Outcome::Completed { .. } | Outcome::InvalidEncoding => {
+            Outcome::Completed { .. } => {
                 self.clock.charge(Charge::Completion);
                 Ok(None)
             }
