@@ -62,6 +62,25 @@ fn exits_guest_makes_the_exits_it_is_asked_for() {
 }
 
 #[test]
+fn unclaimed_accesses_read_all_ones_and_are_counted() {
+    let (run, report) = run_guest("hello", &["--cmdline", "probe=1"]);
+    assert_eq!(run.code, Some(0), "stderr:\n{}", run.stderr);
+    assert!(
+        run.stdout
+            .contains("probe: port 0x510 reads 0xffffffff, mmio 0xd0000000 reads 0xffffffff"),
+        "{}",
+        run.stdout
+    );
+    for bus in ["unclaimed_pio", "unclaimed_mmio"] {
+        assert_eq!(report[bus]["reads"], 1, "{bus}");
+        assert_eq!(report[bus]["writes"], 1, "{bus}");
+    }
+    assert!(run
+        .stderr
+        .contains("unclaimed  port reads 1, port writes 1, mmio reads 1, mmio writes 1"));
+}
+
+#[test]
 fn a_halt_with_nothing_to_wake_the_guest_stops_the_run() {
     let (run, report) = run_guest("hello", &["--cmdline", "halt=1"]);
     assert_eq!(run.code, Some(74), "stderr:\n{}", run.stderr);
