@@ -109,6 +109,11 @@ pub fn exit_code_for(stop: &StopReason, qemu_exit_codes: bool) -> u8 {
             exit_code::BUDGET_EXHAUSTED
         }
         StopReason::Sync { .. }
+        | StopReason::Intercepted { .. }
+        | StopReason::Ucall { .. }
+        | StopReason::Completed { .. }
+        | StopReason::Breakpoint { .. }
+        | StopReason::SerialMatch { .. }
         | StopReason::EntryFailure { .. }
         | StopReason::InternalError { .. }
         | StopReason::UnexpectedExit { .. } => exit_code::VM_ERROR,

@@ -182,7 +182,7 @@ fn cmd_run(args: RunArgs) -> u8 {
         stop: StopCondition {
             max_exits: args.max_exits,
             max_time_ns: args.max_time,
-            on_sync: false,
+            ..StopCondition::default()
         },
         qemu_exit_codes: args.qemu_exit_codes,
     };

@@ -143,6 +143,13 @@ impl Bus {
         }
     }
 
+    /// Removes the device based at `base`; whether there was one.
+    pub fn remove(&mut self, base: u64) -> bool {
+        let before = self.entries.len();
+        self.entries.retain(|e| e.base != base);
+        before != self.entries.len()
+    }
+
     /// The unclaimed-access counters.
     pub fn unclaimed(&self) -> Unclaimed {
         self.unclaimed

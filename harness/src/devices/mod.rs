@@ -2,6 +2,7 @@
 
 pub mod bus;
 pub mod debug_exit;
+pub mod placeholder;
 pub mod post_code;
 pub mod serial;
 

@@ -2,6 +2,9 @@
 //! Front ends (CLI, scripts, gdb, fuzzers) drive it through `run`; none of them
 //! touches KVM directly.
 
+pub mod cpu;
+pub mod debug;
+pub mod intercept;
 mod run;
 pub mod stats;
 pub mod stop;
@@ -24,7 +27,7 @@ use crate::vm::cpuid::{self, CpuProfile};
 use crate::vm::{Vm, VmError};
 
 pub use stats::{ExitCounts, UcallLog};
-pub use stop::{StopCondition, StopReason};
+pub use stop::{SerialWatch, StopCondition, StopReason};
 
 /// How to build a machine.
 #[derive(Clone, Debug)]
@@ -86,6 +89,29 @@ pub enum MachineError {
     /// Completing an instruction failed in KVM.
     #[error(transparent)]
     Completion(#[from] emulate::CompletionError),
+    /// No such register.
+    #[error("Unknown register '{0}'")]
+    UnknownRegister(String),
+    /// A value out of range.
+    #[error("Value {value:#x} is out of range for {what}")]
+    BadValue {
+        /// What it was for.
+        what: String,
+        /// The value.
+        value: u64,
+    },
+    /// KVM refused an MSR access.
+    #[error("MSR {0:#x} cannot be accessed")]
+    Msr(u32),
+    /// An interrupt cannot be injected now.
+    #[error("Cannot inject an interrupt: the guest has interrupts disabled (RFLAGS.IF = 0, an interrupt shadow, or one already pending)")]
+    InterruptsDisabled,
+    /// The debug registers are all taken.
+    #[error(transparent)]
+    DebugRegs(#[from] debug::DebugRegError),
+    /// No guest read is waiting for a value.
+    #[error("No intercepted guest read is waiting for a value")]
+    NoPendingRead,
 }
 
 /// The machine.
@@ -107,6 +133,11 @@ pub struct Machine {
     ucalls: UcallLog,
     completer: Completer,
     kernel: Option<LoadedKernel>,
+    intercepts: intercept::Intercepts,
+    debug_regs: debug::DebugRegs,
+    /// The last stop was a breakpoint: set RFLAGS.RF before re-entering so the
+    /// instruction runs instead of hitting the breakpoint again.
+    resume_over_breakpoint: bool,
 }
 
 impl Machine {
@@ -149,6 +180,9 @@ impl Machine {
             ucalls: UcallLog::default(),
             completer,
             kernel: None,
+            intercepts: intercept::Intercepts::default(),
+            debug_regs: debug::DebugRegs::default(),
+            resume_over_breakpoint: false,
         })
     }
 
@@ -162,6 +196,56 @@ impl Machine {
         let kernel = boot::load(&self.vm.mem, self.vm.mem_size, image, cmdline, modules)?;
         boot::enter(&self.vcpus[0], &self.vm.mem, &kernel)?;
         Ok(self.kernel.insert(kernel))
+    }
+
+    /// The intercepts, for front ends that add and remove them.
+    pub fn intercepts_mut(&mut self) -> &mut intercept::Intercepts {
+        &mut self.intercepts
+    }
+
+    /// Replaces the value an intercepted guest read returns.
+    pub fn set_read_value(&mut self, value: u64) -> Result<(), MachineError> {
+        if intercept::patch_read(&mut self.vcpus[self.current], value) {
+            Ok(())
+        } else {
+            Err(MachineError::NoPendingRead)
+        }
+    }
+
+    /// Claims `[base, base + len)` on a bus for a front-end device (a script's):
+    /// guest accesses there are intercepted, reads default to all-ones.
+    /// Returns the intercept id that `release_range` takes.
+    pub fn claim_range(
+        &mut self,
+        space: intercept::Space,
+        base: u64,
+        len: u64,
+        name: &'static str,
+    ) -> Result<u64, MachineError> {
+        let device = Arc::new(Mutex::new(devices::placeholder::Placeholder::new(name)));
+        let bus = match space {
+            intercept::Space::Pio => &mut self.pio_bus,
+            intercept::Space::Mmio => &mut self.mmio_bus,
+        };
+        bus.insert(base, len, device)?;
+        Ok(self
+            .intercepts
+            .add(space, base, base + len - 1, intercept::Direction::Both))
+    }
+
+    /// Releases a range claimed with `claim_range`.
+    pub fn release_range(&mut self, space: intercept::Space, base: u64, id: u64) {
+        let bus = match space {
+            intercept::Space::Pio => &mut self.pio_bus,
+            intercept::Space::Mmio => &mut self.mmio_bus,
+        };
+        bus.remove(base);
+        self.intercepts.remove(id);
+    }
+
+    /// Moves virtual time forward by `ns` without running the guest.
+    pub fn clock_step(&mut self, ns: u64) {
+        self.clock.advance(ns);
     }
 
     /// The configuration the machine was built with.

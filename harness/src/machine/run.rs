@@ -3,13 +3,17 @@
 use kvm_bindings::KVM_INTERNAL_ERROR_EMULATION;
 use kvm_ioctls::VcpuExit;
 
+use super::intercept::{le_value, Access, Space};
 use super::{Machine, MachineError, StopCondition, StopReason};
 use crate::clock::Charge;
-use crate::devices::{bus::lock, DeviceEvent, UCALL_PORT};
+use crate::devices::{bus::lock, DeviceEvent, SERIAL_PORT, SERIAL_PORT_LEN, UCALL_PORT};
 use crate::emulate::{Completer, Context, FailedInstruction, Outcome};
 use crate::ucall::{self, Command, UCALL_STRUCT_SIZE};
 use crate::vm::access;
 use crate::vm::regs::{code_bitness, linear_rip, paging_regs, RegisterDump};
+
+/// RFLAGS.RF: resume without hitting an instruction breakpoint again.
+const RFLAGS_RF: u64 = 1 << 16;
 
 /// What an exit left to do after the vCPU borrow ends.
 enum Pending {
@@ -27,9 +31,13 @@ enum Pending {
         data: [u8; 8],
         len: usize,
     },
+    ReadIntercepted(Access),
     Halt,
     Shutdown,
     Emulation,
+    Debug {
+        pc: u64,
+    },
     Internal(u32),
     FailEntry(u64),
     Unexpected(String),
@@ -49,6 +57,10 @@ fn copy8(src: &[u8]) -> ([u8; 8], usize) {
     (d, n)
 }
 
+fn size_u8(len: usize) -> u8 {
+    u8::try_from(len).unwrap_or(u8::MAX)
+}
+
 impl Machine {
     /// Runs the guest until it ends the run or `cond` holds.
     pub fn run(&mut self, cond: &StopCondition) -> Result<StopReason, MachineError> {
@@ -60,6 +72,20 @@ impl Machine {
     fn run_inner(&mut self, cond: &StopCondition) -> Result<StopReason, MachineError> {
         let start_exits = self.clock.guest_exits();
         let start_ns = self.clock.now_ns();
+        if let Some(stop) = self.check_serial(cond) {
+            return Ok(stop);
+        }
+        if self.resume_over_breakpoint {
+            self.resume_over_breakpoint = false;
+            let mut regs = self.get_regs()?;
+            regs.rflags |= RFLAGS_RF;
+            self.vcpu()
+                .set_regs(&regs)
+                .map_err(|source| MachineError::Kvm {
+                    what: "set registers",
+                    source,
+                })?;
+        }
         loop {
             let exits = self.clock.guest_exits() - start_exits;
             if cond.max_exits.is_some_and(|m| exits >= m) {
@@ -87,13 +113,33 @@ impl Machine {
                     self.exits.pio_in += 1;
                     self.clock.charge(Charge::Pio);
                     self.pio_bus.read(u64::from(port), data);
-                    Pending::None
+                    if self.intercepts.matches(Space::Pio, u64::from(port), false) {
+                        Pending::ReadIntercepted(Access {
+                            space: Space::Pio,
+                            addr: u64::from(port),
+                            size: size_u8(data.len()),
+                            write: false,
+                            value: le_value(data),
+                        })
+                    } else {
+                        Pending::None
+                    }
                 }
                 Ok(VcpuExit::MmioRead(addr, data)) => {
                     self.exits.mmio_read += 1;
                     self.clock.charge(Charge::Mmio);
                     self.mmio_bus.read(addr, data);
-                    Pending::None
+                    if self.intercepts.matches(Space::Mmio, addr, false) {
+                        Pending::ReadIntercepted(Access {
+                            space: Space::Mmio,
+                            addr,
+                            size: size_u8(data.len()),
+                            write: false,
+                            value: le_value(data),
+                        })
+                    } else {
+                        Pending::None
+                    }
                 }
                 Ok(VcpuExit::MmioWrite(addr, data)) => {
                     self.exits.mmio_write += 1;
@@ -102,6 +148,7 @@ impl Machine {
                 }
                 Ok(VcpuExit::Hlt) => Pending::Halt,
                 Ok(VcpuExit::Shutdown) => Pending::Shutdown,
+                Ok(VcpuExit::Debug(arch)) => Pending::Debug { pc: arch.pc },
                 Ok(VcpuExit::InternalError) => {
                     let run = vcpu.get_kvm_run();
                     // SAFETY: KVM set exit_reason to KVM_EXIT_INTERNAL_ERROR, which
@@ -137,14 +184,45 @@ impl Machine {
             Pending::None => None,
             Pending::Write { port, data, len } => {
                 self.clock.charge(Charge::Pio);
-                self.pio_bus
-                    .write(u64::from(port), &data[..len])
-                    .map(device_stop)
+                let addr = u64::from(port);
+                if let Some(stop) = self.pio_bus.write(addr, &data[..len]).map(device_stop) {
+                    return Ok(Some(stop));
+                }
+                if self.intercepts.matches(Space::Pio, addr, true) {
+                    return Ok(Some(StopReason::Intercepted {
+                        access: Access {
+                            space: Space::Pio,
+                            addr,
+                            size: size_u8(len),
+                            write: true,
+                            value: le_value(&data[..len]),
+                        },
+                    }));
+                }
+                if (SERIAL_PORT..SERIAL_PORT + SERIAL_PORT_LEN).contains(&port) {
+                    self.check_serial(cond)
+                } else {
+                    None
+                }
             }
             Pending::MmioWrite { addr, data, len } => {
                 self.clock.charge(Charge::Mmio);
-                self.mmio_bus.write(addr, &data[..len]).map(device_stop)
+                if let Some(stop) = self.mmio_bus.write(addr, &data[..len]).map(device_stop) {
+                    return Ok(Some(stop));
+                }
+                self.intercepts
+                    .matches(Space::Mmio, addr, true)
+                    .then(|| StopReason::Intercepted {
+                        access: Access {
+                            space: Space::Mmio,
+                            addr,
+                            size: size_u8(len),
+                            write: true,
+                            value: le_value(&data[..len]),
+                        },
+                    })
             }
+            Pending::ReadIntercepted(access) => Some(StopReason::Intercepted { access }),
             Pending::Ucall { eax } => {
                 self.clock.charge(Charge::Ucall);
                 self.handle_ucall(eax, cond)?
@@ -158,6 +236,11 @@ impl Machine {
                 })
             }
             Pending::Shutdown => Some(StopReason::Shutdown { regs: self.dump()? }),
+            Pending::Debug { pc } => {
+                // A harness-caused exit: no virtual time passes.
+                self.resume_over_breakpoint = true;
+                Some(StopReason::Breakpoint { addr: pc })
+            }
             Pending::Emulation => {
                 self.exits.emulation_failure += 1;
                 self.handle_emulation_failure()?
@@ -171,6 +254,19 @@ impl Machine {
                 regs: self.dump()?,
             }),
             Pending::Unexpected(exit) => Some(StopReason::UnexpectedExit { exit }),
+        })
+    }
+
+    /// Checks the stop condition's serial pattern against the output.
+    fn check_serial(&self, cond: &StopCondition) -> Option<StopReason> {
+        let watch = cond.serial.as_ref()?;
+        let serial = lock(&self.serial);
+        let out = serial.output();
+        let from = watch.from.min(out.len());
+        let m = watch.regex.find(&out[from..])?;
+        Some(StopReason::SerialMatch {
+            text: String::from_utf8_lossy(m.as_bytes()).into_owned(),
+            end: from + m.end(),
         })
     }
 
@@ -228,13 +324,12 @@ impl Machine {
             }
         };
         self.ucalls.record(&call);
-        Ok(match call.cmd {
-            Command::Done => Some(StopReason::Done {
-                status: call.args.first().copied().unwrap_or(0),
-            }),
+        let first = call.args.first().copied().unwrap_or(0);
+        let stop = match call.cmd {
+            Command::Done => Some(StopReason::Done { status: first }),
             Command::Assert => Some(StopReason::Assert {
-                message: call.msg,
-                args: call.args,
+                message: call.msg.clone(),
+                args: call.args.clone(),
             }),
             Command::Print => {
                 if self.config.echo_ucall_prints {
@@ -242,10 +337,15 @@ impl Machine {
                 }
                 None
             }
-            Command::Sync if cond.on_sync => Some(StopReason::Sync {
-                id: call.args.first().copied().unwrap_or(0),
-            }),
+            Command::Sync if cond.on_sync || cond.sync_id == Some(first) => {
+                Some(StopReason::Sync { id: first })
+            }
             Command::Sync | Command::FuzzPoint | Command::CovMap | Command::Cmp => None,
+        };
+        Ok(match stop {
+            Some(s) => Some(s),
+            None if self.intercepts.ucalls => Some(StopReason::Ucall { call }),
+            None => None,
         })
     }
 
@@ -284,9 +384,12 @@ impl Machine {
             cpuid: &self.effective_cpuid,
         };
         match self.completer.complete(&ctx, &insn)? {
-            Outcome::Completed { .. } => {
+            Outcome::Completed { entry, .. } => {
                 self.clock.charge(Charge::Completion);
-                Ok(None)
+                Ok(self
+                    .intercepts
+                    .completions
+                    .then_some(StopReason::Completed { entry }))
             }
             Outcome::Unhandled { reason } => Ok(Some(StopReason::EmulationFailure {
                 insn: failed,

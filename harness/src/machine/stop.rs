@@ -5,7 +5,7 @@ use crate::vm::regs::RegisterDump;
 
 /// When `Machine::run` should return, besides the guest ending the run itself.
 /// Budgets count from the start of the `run` call.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct StopCondition {
     /// Stop after this many guest-caused exits.
     pub max_exits: Option<u64>,
@@ -13,6 +13,19 @@ pub struct StopCondition {
     pub max_time_ns: Option<u64>,
     /// Stop at every ucall SYNC.
     pub on_sync: bool,
+    /// Stop only at the ucall SYNC with this id (implies `on_sync` for it).
+    pub sync_id: Option<u64>,
+    /// Stop when this pattern matches the serial output from byte `from` on.
+    pub serial: Option<SerialWatch>,
+}
+
+/// A pattern to watch for on the serial output.
+#[derive(Clone, Debug)]
+pub struct SerialWatch {
+    /// The pattern.
+    pub regex: regex::bytes::Regex,
+    /// Offset in the output where matching starts.
+    pub from: usize,
 }
 
 impl StopCondition {
@@ -47,6 +60,33 @@ pub enum StopReason {
     Sync {
         /// The sync id.
         id: u64,
+    },
+    /// An intercepted guest access (a script hook or device handles it).
+    Intercepted {
+        /// The access.
+        access: super::intercept::Access,
+    },
+    /// An intercepted ucall that did not stop the run by itself.
+    Ucall {
+        /// The decoded call.
+        call: crate::ucall::Ucall,
+    },
+    /// An instruction was completed and completions are intercepted.
+    Completed {
+        /// The table entry used.
+        entry: crate::emulate::Entry,
+    },
+    /// The guest reached an execution breakpoint.
+    Breakpoint {
+        /// The breakpoint's address.
+        addr: u64,
+    },
+    /// The serial pattern of the stop condition matched.
+    SerialMatch {
+        /// The matched text.
+        text: String,
+        /// Offset of the end of the match in the serial output.
+        end: usize,
     },
     /// The guest halted with nothing that can wake it.
     Halted {
@@ -118,6 +158,21 @@ impl StopReason {
                 format!("guest assertion failed: {message}{vals}")
             }
             StopReason::Sync { id } => format!("guest reached sync point {id}"),
+            StopReason::Intercepted { access } => format!(
+                "intercepted {} {} of {} bytes at {:#x}",
+                if access.space == super::intercept::Space::Pio {
+                    "port"
+                } else {
+                    "mmio"
+                },
+                if access.write { "write" } else { "read" },
+                access.size,
+                access.addr
+            ),
+            StopReason::Ucall { call } => format!("intercepted ucall {}", call.cmd.name()),
+            StopReason::Completed { entry } => format!("completed {}", entry.name()),
+            StopReason::Breakpoint { addr } => format!("breakpoint at {addr:#x}"),
+            StopReason::SerialMatch { text, .. } => format!("serial output matched {text:?}"),
             StopReason::Halted {
                 rip,
                 interrupts_enabled,

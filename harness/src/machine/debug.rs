@@ -1,0 +1,144 @@
+//! Execution breakpoints through the debug registers, from one allocator shared
+//! by every front end (scripts now, gdb later).
+
+use kvm_bindings::{kvm_guest_debug, KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_USE_HW_BP};
+
+use super::{Machine, MachineError};
+
+/// Number of hardware breakpoint slots (DR0-DR3).
+pub const SLOTS: usize = 4;
+
+/// Who holds a debug register.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Owner {
+    /// A script's `hook.exec`.
+    Hook(u64),
+    /// A breakpoint stop condition of one `run` call.
+    Run,
+    /// The debugger.
+    Gdb,
+}
+
+/// The debug-register allocator.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DebugRegs {
+    slots: [Option<(u64, Owner)>; SLOTS],
+}
+
+/// Errors of the allocator.
+#[derive(Debug, thiserror::Error)]
+pub enum DebugRegError {
+    /// All four slots are taken.
+    #[error("All {SLOTS} hardware breakpoint slots are in use")]
+    Full,
+}
+
+impl DebugRegs {
+    /// Takes a slot for `addr`.
+    pub fn alloc(&mut self, addr: u64, owner: Owner) -> Result<usize, DebugRegError> {
+        let slot = self
+            .slots
+            .iter()
+            .position(Option::is_none)
+            .ok_or(DebugRegError::Full)?;
+        self.slots[slot] = Some((addr, owner));
+        Ok(slot)
+    }
+
+    /// Frees every slot `owner` holds.
+    pub fn free(&mut self, owner: Owner) {
+        for s in &mut self.slots {
+            if s.is_some_and(|(_, o)| o == owner) {
+                *s = None;
+            }
+        }
+    }
+
+    /// Who holds a breakpoint at `addr`.
+    pub fn owners_at(&self, addr: u64) -> impl Iterator<Item = Owner> + '_ {
+        self.slots
+            .iter()
+            .flatten()
+            .filter(move |(a, _)| *a == addr)
+            .map(|(_, o)| *o)
+    }
+
+    /// The KVM_SET_GUEST_DEBUG argument for the current slots.
+    fn guest_debug(&self) -> kvm_guest_debug {
+        let mut dbg = kvm_guest_debug::default();
+        let mut dr7 = 0u64;
+        for (i, s) in self.slots.iter().enumerate() {
+            if let Some((addr, _)) = s {
+                dbg.arch.debugreg[i] = *addr;
+                // Local enable; R/W = 00 (execute) and LEN = 00 are zero bits.
+                dr7 |= 1 << (2 * i);
+            }
+        }
+        if dr7 != 0 {
+            dbg.control = KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_HW_BP;
+            dbg.arch.debugreg[7] = dr7;
+        }
+        dbg
+    }
+}
+
+impl Machine {
+    /// Sets an execution breakpoint at guest-virtual `addr` for `owner`.
+    pub fn add_breakpoint(&mut self, addr: u64, owner: Owner) -> Result<usize, MachineError> {
+        let slot = self.debug_regs.alloc(addr, owner)?;
+        self.apply_debug_regs()?;
+        Ok(slot)
+    }
+
+    /// Removes every breakpoint `owner` holds.
+    pub fn remove_breakpoints(&mut self, owner: Owner) -> Result<(), MachineError> {
+        self.debug_regs.free(owner);
+        self.apply_debug_regs()
+    }
+
+    /// The allocator, for front ends that show it.
+    pub fn debug_regs(&self) -> &DebugRegs {
+        &self.debug_regs
+    }
+
+    fn apply_debug_regs(&mut self) -> Result<(), MachineError> {
+        let dbg = self.debug_regs.guest_debug();
+        for vcpu in &self.vcpus {
+            vcpu.set_guest_debug(&dbg)
+                .map_err(|source| MachineError::Kvm {
+                    what: "set guest debug registers",
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn four_slots_then_full_and_free_by_owner() {
+        let mut d = DebugRegs::default();
+        for i in 0..4 {
+            d.alloc(0x1000 + i, Owner::Hook(i)).unwrap();
+        }
+        assert!(matches!(
+            d.alloc(0x9000, Owner::Run),
+            Err(DebugRegError::Full)
+        ));
+        d.free(Owner::Hook(2));
+        assert_eq!(d.alloc(0x9000, Owner::Run).unwrap(), 2);
+        assert_eq!(d.owners_at(0x9000).collect::<Vec<_>>(), vec![Owner::Run]);
+        let dbg = d.guest_debug();
+        assert_eq!(dbg.arch.debugreg[2], 0x9000);
+        assert_eq!(dbg.arch.debugreg[7], 0b0101_0101);
+        assert_ne!(dbg.control & KVM_GUESTDBG_USE_HW_BP, 0);
+    }
+
+    #[test]
+    fn no_breakpoints_disables_guest_debug() {
+        assert_eq!(DebugRegs::default().guest_debug().control, 0);
+    }
+}
