@@ -8,6 +8,8 @@
 
 /// The run ended the way the guest asked, with status 0.
 pub const SUCCESS: u8 = 0;
+/// A scenario's assertion failed, or `lunavm test` had a failing test.
+pub const TEST_FAILED: u8 = 1;
 /// Bad input: a malformed or unreadable kernel, a bad option, a bad script.
 pub const BAD_INPUT: u8 = 2;
 /// The host cannot run guests: /dev/kvm missing or inaccessible, a KVM call failed.
@@ -26,6 +28,8 @@ pub const HALTED: u8 = 74;
 pub const DIVERGENCE: u8 = 75;
 /// KVM failed to enter the guest (bad vCPU state) or reported an unexpected exit.
 pub const VM_ERROR: u8 = 76;
+/// A Lua scenario raised an error (syntax, runtime, bad API use).
+pub const SCRIPT_ERROR: u8 = 77;
 
 /// One row of the table, for the README and `lunavm --help`.
 pub struct Entry {

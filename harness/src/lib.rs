@@ -16,5 +16,7 @@ pub mod launch;
 pub mod layout;
 pub mod machine;
 pub mod report;
+pub mod script;
 pub mod ucall;
+pub mod units;
 pub mod vm;

@@ -8,8 +8,9 @@ use clap::{Args, Parser, Subcommand};
 use lunavm::exit_code;
 use lunavm::launch::{self, KernelSource, RunOptions};
 use lunavm::machine::{MachineConfig, StopCondition};
+use lunavm::script::runner;
 use lunavm::vm::cpuid::CpuProfile;
-use lunavm::{entropy, guests, layout};
+use lunavm::{entropy, guests, layout, units};
 
 #[derive(Parser)]
 #[command(name = "lunavm", version, about = "A scriptable, deterministic KVM harness for testing, debugging and fuzzing guest kernels", after_help = exit_codes_help())]
@@ -20,14 +21,58 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Boot a kernel (or the built-in `hello` guest) and run it to a stop.
+    /// Boot a kernel (or the built-in `hello` guest) and run it to a stop, or run a Lua scenario.
     Run(RunArgs),
+    /// Run Lua scenario tests: every `test_*` function of every `*_test.lua` file under PATHs.
+    Test(TestArgs),
     /// List the built-in guests.
     Guests,
 }
 
 #[derive(Args)]
+struct TestArgs {
+    /// Files and folders to search for `*_test.lua` files (default: the current folder).
+    #[arg(value_name = "PATH")]
+    paths: Vec<PathBuf>,
+    /// Run only tests whose `file::test` name contains PATTERN.
+    #[arg(long, value_name = "PATTERN")]
+    filter: Option<String>,
+    /// Write a JUnit XML report to FILE.
+    #[arg(long, value_name = "FILE")]
+    junit: Option<PathBuf>,
+    /// Run N tests in parallel processes.
+    #[arg(short = 'j', long = "jobs", value_name = "N", default_value_t = 1)]
+    jobs: usize,
+    /// List the tests found and exit.
+    #[arg(long)]
+    list: bool,
+    /// Seed for every test's machine.
+    #[arg(long, value_name = "N", default_value_t = entropy::DEFAULT_SEED)]
+    seed: u64,
+    /// Internal: run one test in this process (the runner's child).
+    #[arg(long, value_name = "FILE", hide = true, requires = "test")]
+    worker: Option<PathBuf>,
+    /// Internal: the test function for --worker.
+    #[arg(long, value_name = "NAME", hide = true)]
+    test: Option<String>,
+    /// Internal: the virtual-time budget for --worker, in ns.
+    #[arg(long, value_name = "NS", hide = true, default_value_t = runner::DEFAULT_VTIME_NS)]
+    vtime: u64,
+}
+
+#[derive(Args)]
 struct RunArgs {
+    /// A Lua scenario to run instead of booting a kernel directly; ARGS go to its `arg` table.
+    #[arg(value_name = "SCRIPT.lua", conflicts_with_all = ["guest", "kernel"])]
+    script: Option<PathBuf>,
+    /// Arguments for the scenario.
+    #[arg(
+        value_name = "ARGS",
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        requires = "script"
+    )]
+    args: Vec<String>,
     /// Built-in guest to boot (see `lunavm guests`); the default is `hello`.
     #[arg(long, value_name = "NAME", conflicts_with = "kernel")]
     guest: Option<String>,
@@ -77,28 +122,9 @@ fn exit_codes_help() -> String {
     s
 }
 
-/// Parses "128M", "1G", "4096", "64K" (binary units).
+/// Parses a guest memory size for `--mem`.
 fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (num, mult) = match s.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
-        Some((i, _)) => {
-            let mult = match s[i..].to_ascii_uppercase().as_str() {
-                "K" | "KB" | "KIB" => 1 << 10,
-                "M" | "MB" | "MIB" => 1 << 20,
-                "G" | "GB" | "GIB" => 1 << 30,
-                other => return Err(format!("unknown size unit '{other}' (use K, M or G)")),
-            };
-            (&s[..i], mult)
-        }
-        None => (s, 1),
-    };
-    let n: u64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("'{s}' is not a size"))?;
-    let bytes = n
-        .checked_mul(mult)
-        .ok_or_else(|| format!("'{s}' is too large"))?;
+    let bytes = units::parse_size(s).map_err(|e| e.to_string())?;
     if bytes < layout::MIN_MEM_SIZE || bytes % layout::PAGE_SIZE != 0 {
         return Err(format!(
             "guest memory must be a multiple of 4 KiB and at least 2 MiB, not {bytes} bytes"
@@ -107,29 +133,9 @@ fn parse_size(s: &str) -> Result<u64, String> {
     Ok(bytes)
 }
 
-/// Parses "100ns", "5us", "20ms", "2s" into nanoseconds.
+/// Parses a virtual-time duration for `--max-time`.
 fn parse_duration(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let i = s
-        .find(|c: char| c.is_ascii_alphabetic() || c == 'µ')
-        .unwrap_or(s.len());
-    let n: u64 = s[..i]
-        .trim()
-        .parse()
-        .map_err(|_| format!("'{s}' is not a duration"))?;
-    let mult: u64 = match &s[i..] {
-        "ns" => 1,
-        "us" | "µs" => 1_000,
-        "ms" => 1_000_000,
-        "s" | "" => 1_000_000_000,
-        other => {
-            return Err(format!(
-                "unknown duration unit '{other}' (use ns, us, ms or s)"
-            ))
-        }
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("'{s}' is too long"))
+    units::parse_duration(s).map_err(|e| e.to_string())
 }
 
 fn print_error(err: &dyn std::error::Error) {
@@ -141,7 +147,56 @@ fn print_error(err: &dyn std::error::Error) {
     }
 }
 
+fn cmd_test(args: TestArgs) -> u8 {
+    if let (Some(file), Some(test)) = (&args.worker, &args.test) {
+        return runner::worker_main(file, test, args.vtime, args.seed);
+    }
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("lunavm: error: cannot find my own executable to run tests: {e}");
+            return exit_code::HOST_ERROR;
+        }
+    };
+    let paths = if args.paths.is_empty() {
+        vec![PathBuf::from(".")]
+    } else {
+        args.paths
+    };
+    let opts = runner::TestOptions {
+        paths,
+        filter: args.filter,
+        junit: args.junit,
+        jobs: args.jobs,
+        list: args.list,
+        seed: args.seed,
+    };
+    match runner::run_tests(&opts, &exe) {
+        Ok(results) => {
+            let failed = results
+                .iter()
+                .any(|r| matches!(r.status, runner::Status::Fail | runner::Status::Error));
+            if failed {
+                exit_code::TEST_FAILED
+            } else {
+                exit_code::SUCCESS
+            }
+        }
+        Err(e) => {
+            print_error(&e);
+            exit_code::BAD_INPUT
+        }
+    }
+}
+
 fn cmd_run(args: RunArgs) -> u8 {
+    if let Some(script) = &args.script {
+        let (code, err) = runner::run_script(script, &args.args, args.seed);
+        if let Some(e) = err {
+            eprintln!("lunavm: {e}");
+        }
+        return code;
+    }
     let no_complete = match args
         .no_complete
         .as_deref()
@@ -220,6 +275,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Run(args) => cmd_run(args),
+        Command::Test(args) => cmd_test(args),
         Command::Guests => cmd_guests(),
     };
     ExitCode::from(code)

@@ -1,0 +1,255 @@
+//! Lua scenarios: one Lua 5.4 state per scenario or test, with the API
+//! namespaces (`vm`, `mem`, `cpu`, `pio`, `mmio`, `dev`, `hook`, `serial`,
+//! `clock`, `t`) bound to one machine, and the `lunavm test` runner.
+
+mod clock;
+pub mod convert;
+mod cpu;
+mod dev;
+mod io;
+mod mem;
+pub mod runner;
+mod serial;
+pub mod session;
+mod t;
+mod vm;
+
+use std::cell::RefCell;
+use std::path::Path;
+use std::rc::Rc;
+
+use mlua::{Function, Lua, Table, Value};
+
+use convert::{describe, Shared};
+use session::Session;
+
+/// Every namespace the API registers, in reference order.
+pub const NAMESPACES: &[&str] = &[
+    "vm", "mem", "cpu", "pio", "mmio", "dev", "hook", "serial", "clock", "t",
+];
+
+/// The helper library shipped with lunavm, preloaded as `require("lunavm.NAME")`.
+const LIBRARY: &[(&str, &str)] = &[
+    (
+        "lunavm.guest",
+        include_str!("../../../scripts/lib/guest.lua"),
+    ),
+    ("lunavm.hex", include_str!("../../../scripts/lib/hex.lua")),
+];
+
+/// Errors of loading or running a scenario.
+#[derive(Debug, thiserror::Error)]
+pub enum ScriptError {
+    /// The script file cannot be read.
+    #[error("Cannot read script {path}: {source}")]
+    Read {
+        /// Its path.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Lua reported an error (syntax or runtime); the message names file and line.
+    #[error("{0}")]
+    Lua(String),
+}
+
+impl ScriptError {
+    fn lua(e: &mlua::Error) -> Self {
+        ScriptError::Lua(describe(e))
+    }
+}
+
+/// Options of a scenario's Lua state.
+#[derive(Clone, Debug, Default)]
+pub struct ScenarioOptions {
+    /// Seed `vm.boot` uses when the script gives none.
+    pub seed: u64,
+    /// Virtual-time budget of the whole scenario (None: unlimited).
+    pub vtime_budget: Option<u64>,
+    /// Arguments for the global `arg` table (`arg[0]` is the script).
+    pub args: Vec<String>,
+}
+
+/// A Lua state with the lunavm API bound to one (not yet booted) machine.
+pub struct Scenario {
+    lua: Lua,
+    session: Shared,
+}
+
+impl Scenario {
+    /// A fresh Lua state with every namespace registered.
+    pub fn new(opts: &ScenarioOptions) -> Result<Scenario, ScriptError> {
+        let lua = Lua::new();
+        let session: Shared = Rc::new(RefCell::new(Session::new(opts.seed, opts.vtime_budget)));
+        let reg = || -> mlua::Result<()> {
+            vm::register(&lua, &session)?;
+            mem::register(&lua, &session)?;
+            cpu::register(&lua, &session)?;
+            io::register(&lua, &session)?;
+            dev::register(&lua, &session)?;
+            serial::register(&lua, &session)?;
+            clock::register(&lua, &session)?;
+            t::register(&lua, &session)?;
+            let preload: Table = lua.globals().get::<Table>("package")?.get("preload")?;
+            for (name, src) in LIBRARY {
+                let chunk = lua
+                    .load(*src)
+                    .set_name(format!("@{name}"))
+                    .into_function()?;
+                preload.set(*name, chunk)?;
+            }
+            let arg = lua.create_table()?;
+            for (i, a) in opts.args.iter().enumerate() {
+                arg.set(i, a.as_str())?;
+            }
+            lua.globals().set("arg", arg)
+        };
+        reg().map_err(|e| ScriptError::lua(&e))?;
+        Ok(Scenario { lua, session })
+    }
+
+    /// Runs a script file's top-level code; returns what it returned.
+    pub fn exec_file(&self, path: &Path) -> Result<Value, ScriptError> {
+        let src = std::fs::read(path).map_err(|source| ScriptError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        self.lua
+            .load(src)
+            .set_name(format!("@{}", path.display()))
+            .eval::<Value>()
+            .map_err(|e| ScriptError::lua(&e))
+    }
+
+    /// Runs a chunk of Lua source (for tests and `monitor lua` later).
+    pub fn exec_str(&self, name: &str, src: &str) -> Result<Value, ScriptError> {
+        self.lua
+            .load(src)
+            .set_name(format!("={name}"))
+            .eval::<Value>()
+            .map_err(|e| ScriptError::lua(&e))
+    }
+
+    /// The global functions whose names start with `test_`, in definition order.
+    pub fn test_names(&self) -> Vec<String> {
+        let mut found: Vec<(usize, String)> = Vec::new();
+        for pair in self.lua.globals().pairs::<Value, Value>() {
+            let Ok((Value::String(k), Value::Function(f))) = pair else {
+                continue;
+            };
+            let name = k.to_string_lossy();
+            if name.starts_with("test_") {
+                let line = f.info().line_defined.unwrap_or(0);
+                found.push((line, name));
+            }
+        }
+        found.sort();
+        found.into_iter().map(|(_, n)| n).collect()
+    }
+
+    /// Calls global function `name` if it exists; Ok(false) if it does not.
+    pub fn call_global(&self, name: &str) -> Result<bool, mlua::Error> {
+        match self.lua.globals().get::<Value>(name)? {
+            Value::Function(f) => f.call::<()>(()).map(|()| true),
+            _ => Ok(false),
+        }
+    }
+
+    /// A global table, if the script defined one (e.g. `budget`).
+    pub fn global_table(&self, name: &str) -> Option<Table> {
+        self.lua.globals().get::<Option<Table>>(name).ok().flatten()
+    }
+
+    /// The session (machine, outcome, results).
+    pub fn session(&self) -> std::cell::Ref<'_, Session> {
+        self.session.borrow()
+    }
+
+    /// Every API function registered, as "ns.name", sorted.
+    pub fn api_functions(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for ns in NAMESPACES {
+            if let Ok(t) = self.lua.globals().get::<Table>(*ns) {
+                for (k, _) in t.pairs::<String, Function>().flatten() {
+                    out.push(format!("{ns}.{k}"));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scenario() -> Scenario {
+        Scenario::new(&ScenarioOptions::default()).unwrap()
+    }
+
+    #[test]
+    fn every_namespace_is_registered() {
+        let s = scenario();
+        let fns = s.api_functions();
+        for ns in NAMESPACES {
+            assert!(fns.iter().any(|f| f.starts_with(&format!("{ns}."))), "{ns}");
+        }
+        assert!(fns.contains(&"mem.vread32".to_string()));
+    }
+
+    #[test]
+    fn errors_name_the_chunk_and_line() {
+        let s = scenario();
+        let e = s
+            .exec_str("probe.lua", "\n\nmem.read32(0)")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "probe.lua:3: mem.read32: the machine is not booted: call vm.boot{} first"
+        );
+        let e = s
+            .exec_str("probe.lua", "mem.read32('x')")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("probe.lua:1: mem.read32: bad arguments:"),
+            "{e}"
+        );
+        let e = s.exec_str("probe.lua", "x = = 1").unwrap_err().to_string();
+        assert!(e.starts_with("probe.lua:1:"), "{e}");
+    }
+
+    #[test]
+    fn assertions_record_the_outcome() {
+        let s = scenario();
+        let e = s.exec_str("a.lua", "t.eq(1, 2)").unwrap_err().to_string();
+        assert_eq!(e, "a.lua:1: t.eq failed: left 1 (0x1), right 2 (0x2)");
+        assert!(matches!(
+            s.session().outcome,
+            Some(session::Outcome::Fail(_))
+        ));
+    }
+
+    #[test]
+    fn tests_are_listed_in_definition_order() {
+        let s = scenario();
+        s.exec_str(
+            "x.lua",
+            "function test_b() end\nfunction test_a() end\nfunction helper() end",
+        )
+        .unwrap();
+        assert_eq!(s.test_names(), vec!["test_b", "test_a"]);
+    }
+
+    #[test]
+    fn the_library_is_preloaded() {
+        let s = scenario();
+        s.exec_str(
+            "x.lua",
+            "local hex = require('lunavm.hex'); assert(hex.u64(-1) == '0xffffffffffffffff')",
+        )
+        .unwrap();
+    }
+}

@@ -1,0 +1,117 @@
+//! `t`: assertions and results. A failed assertion records the test's outcome
+//! and raises an error that ends the test; `t.skip` does the same for a skip.
+
+use mlua::{Lua, Value};
+
+use super::convert::{add_fn, location, show, ApiError, ApiResult, Shared};
+use super::session::{Outcome, SubResult};
+
+/// Records a failure and returns the error that ends the test.
+fn fail(lua: &Lua, st: &Shared, func: &str, msg: String) -> ApiResult<()> {
+    let full = format!("{}: {func} failed: {msg}", location(lua));
+    st.borrow_mut().outcome = Some(Outcome::Fail(full.clone()));
+    Err(ApiError::Lua(mlua::Error::RuntimeError(full)))
+}
+
+fn suffix(msg: Option<String>) -> String {
+    msg.map(|m| format!(" — {m}")).unwrap_or_default()
+}
+
+/// Registers the `t` namespace.
+pub fn register(lua: &Lua, st: &Shared) -> mlua::Result<()> {
+    let t = lua.create_table()?;
+    add_fn(
+        lua,
+        &t,
+        st,
+        "t",
+        "ok",
+        |lua, st, (v, msg): (Value, Option<String>)| {
+            if matches!(v, Value::Nil | Value::Boolean(false)) {
+                return fail(
+                    lua,
+                    st,
+                    "t.ok",
+                    format!("value is {}{}", show(&v), suffix(msg)),
+                );
+            }
+            Ok(())
+        },
+    )?;
+    add_fn(
+        lua,
+        &t,
+        st,
+        "t",
+        "eq",
+        |lua, st, (a, b, msg): (Value, Value, Option<String>)| {
+            if !a.equals(&b)? {
+                return fail(
+                    lua,
+                    st,
+                    "t.eq",
+                    format!("left {}, right {}{}", show(&a), show(&b), suffix(msg)),
+                );
+            }
+            Ok(())
+        },
+    )?;
+    add_fn(
+        lua,
+        &t,
+        st,
+        "t",
+        "neq",
+        |lua, st, (a, b, msg): (Value, Value, Option<String>)| {
+            if a.equals(&b)? {
+                return fail(
+                    lua,
+                    st,
+                    "t.neq",
+                    format!("both are {}{}", show(&a), suffix(msg)),
+                );
+            }
+            Ok(())
+        },
+    )?;
+    add_fn(lua, &t, st, "t", "fail", |lua, st, msg: Option<String>| {
+        let full = format!(
+            "{}: {}",
+            location(lua),
+            msg.unwrap_or_else(|| "t.fail".into())
+        );
+        st.borrow_mut().outcome = Some(Outcome::Fail(full.clone()));
+        Err::<(), _>(ApiError::Lua(mlua::Error::RuntimeError(full)))
+    })?;
+    add_fn(lua, &t, st, "t", "skip", |lua, st, msg: Option<String>| {
+        let full = format!(
+            "{}: {}",
+            location(lua),
+            msg.unwrap_or_else(|| "skipped".into())
+        );
+        st.borrow_mut().outcome = Some(Outcome::Skip(full.clone()));
+        Err::<(), _>(ApiError::Lua(mlua::Error::RuntimeError(full)))
+    })?;
+    add_fn(
+        lua,
+        &t,
+        st,
+        "t",
+        "result",
+        |_, st, (name, status, msg): (String, String, Option<String>)| {
+            if !matches!(status.as_str(), "pass" | "fail" | "skip") {
+                return Err(format!(
+                    "status must be \"pass\", \"fail\" or \"skip\", not {status:?}"
+                )
+                .into());
+            }
+            st.borrow_mut().results.push(SubResult {
+                name,
+                status,
+                message: msg.unwrap_or_default(),
+            });
+            Ok(())
+        },
+    )?;
+    lua.globals().set("t", t)
+}
