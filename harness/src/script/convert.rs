@@ -66,7 +66,13 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 pub fn describe(e: &mlua::Error) -> String {
     match e {
         mlua::Error::CallbackError { cause, .. } => describe(cause),
-        mlua::Error::RuntimeError(m) => m.clone(),
+        // Lua appends a traceback to runtime errors; the first line names the
+        // file and line, which is what people need.
+        mlua::Error::RuntimeError(m) => m
+            .split("\nstack traceback:")
+            .next()
+            .unwrap_or(m)
+            .to_string(),
         mlua::Error::SyntaxError { message, .. } => message.clone(),
         mlua::Error::BadArgument {
             pos, name, cause, ..
@@ -82,10 +88,25 @@ pub fn describe(e: &mlua::Error) -> String {
                 .as_deref()
                 .map(|m| format!(" ({m})"))
                 .unwrap_or_default();
-            format!("expected {to}, got {from}{m}")
+            format!("expected {}, got {from}{m}", lua_type_name(to))
         }
         mlua::Error::WithContext { context, cause } => format!("{context}: {}", describe(cause)),
         other => other.to_string(),
+    }
+}
+
+/// The Lua name of a Rust type mlua converts to.
+fn lua_type_name(rust: &str) -> &str {
+    match rust {
+        "i8" | "i16" | "i32" | "i64" | "u8" | "u16" | "u32" | "u64" | "usize" | "isize" => {
+            "an integer"
+        }
+        "f32" | "f64" => "a number",
+        "String" | "LuaString" | "string" => "a string",
+        "Table" | "table" => "a table",
+        "Function" | "function" => "a function",
+        "bool" => "a boolean",
+        other => other,
     }
 }
 
@@ -190,4 +211,15 @@ pub fn show(v: &Value) -> String {
         Value::Number(n) => n.to_string(),
         other => format!("{} {:?}", other.type_name(), other.to_pointer()),
     }
+}
+
+/// A regex error on one line: the pattern and the parser's last line.
+pub fn regex_error(pattern: &str, e: &regex::Error) -> String {
+    let text = e.to_string();
+    let last = text
+        .lines()
+        .last()
+        .unwrap_or(&text)
+        .trim_start_matches("error: ");
+    format!("bad pattern {pattern:?}: {last}")
 }

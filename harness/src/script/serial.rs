@@ -46,8 +46,8 @@ pub fn register(lua: &Lua, st: &Shared) -> mlua::Result<()> {
         "serial",
         "expect",
         |lua, st, (pattern, timeout): (String, Option<mlua::Value>)| {
-            let regex =
-                regex::bytes::Regex::new(&pattern).map_err(|e| format!("bad pattern: {e}"))?;
+            let regex = regex::bytes::Regex::new(&pattern)
+                .map_err(|e| super::convert::regex_error(&pattern, &e))?;
             let timeout = match timeout {
                 Some(v) => duration(&v)?,
                 None => EXPECT_TIMEOUT_NS,

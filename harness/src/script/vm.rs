@@ -155,8 +155,8 @@ fn run(lua: &Lua, st: &Shared, opts: Option<Table>) -> ApiResult<Table> {
         }
     }
     if let Some(pattern) = opt::<String>(&opts, "serial")? {
-        let regex =
-            regex::bytes::Regex::new(&pattern).map_err(|e| format!("bad serial pattern: {e}"))?;
+        let regex = regex::bytes::Regex::new(&pattern)
+            .map_err(|e| super::convert::regex_error(&pattern, &e))?;
         cond.serial = Some(SerialWatch {
             regex,
             from: st.borrow().serial_cursor,

@@ -1,0 +1,221 @@
+//! Lua scenarios through the real binary: `lunavm test` output for passing,
+//! failing and erroring scenarios, `lunavm run SCRIPT.lua`, and the error
+//! message of each kind of bad input.
+
+mod common;
+
+use common::{lunavm, require_kvm, temp_file};
+use std::path::PathBuf;
+
+fn fixture(name: &str) -> String {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/lua")
+        .join(name);
+    p.to_str().unwrap().to_string()
+}
+
+/// Replaces the fixture directory with a stable name.
+fn scrub(text: &str) -> String {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/lua/");
+    text.replace(dir.to_str().unwrap(), "")
+}
+
+#[test]
+fn passing_scenario() {
+    require_kvm();
+    let run = lunavm(&["test", &fixture("passing_test.lua")]);
+    assert_eq!(run.code, Some(0), "{}{}", run.stdout, run.stderr);
+    insta::assert_snapshot!("runner_passing", scrub(&run.stdout));
+}
+
+#[test]
+fn failing_scenario() {
+    require_kvm();
+    let run = lunavm(&["test", &fixture("failing_test.lua")]);
+    assert_eq!(run.code, Some(1), "{}{}", run.stdout, run.stderr);
+    insta::assert_snapshot!("runner_failing", scrub(&run.stdout));
+}
+
+#[test]
+fn erroring_scenario_reports_each_error_and_carries_on() {
+    require_kvm();
+    let run = lunavm(&["test", &fixture("erroring_test.lua")]);
+    assert_eq!(run.code, Some(1), "{}{}", run.stdout, run.stderr);
+    assert!(!run.stdout.contains("panicked") && !run.stderr.contains("panicked"));
+    insta::assert_snapshot!("runner_erroring", scrub(&run.stdout));
+}
+
+#[test]
+fn syntax_error_is_reported_and_other_files_still_run() {
+    require_kvm();
+    let run = lunavm(&[
+        "test",
+        &fixture("syntax_error_test.lua"),
+        &fixture("passing_test.lua"),
+    ]);
+    assert_eq!(run.code, Some(1));
+    insta::assert_snapshot!("runner_syntax_error", scrub(&run.stdout));
+}
+
+#[test]
+fn filter_list_parallel_and_junit() {
+    require_kvm();
+    let run = lunavm(&["test", "--list", &fixture("passing_test.lua")]);
+    assert_eq!(scrub(&run.stdout).lines().count(), 3);
+    let run = lunavm(&["test", "--filter", "serial", &fixture("passing_test.lua")]);
+    assert!(
+        run.stdout.ends_with("1 passed, 0 failed\n"),
+        "{}",
+        run.stdout
+    );
+    let (dir, _) = temp_file("unused", b"");
+    let junit = dir.path().join("junit.xml");
+    let run = lunavm(&[
+        "test",
+        "-j",
+        "2",
+        "--junit",
+        junit.to_str().unwrap(),
+        &fixture("passing_test.lua"),
+        &fixture("failing_test.lua"),
+    ]);
+    assert_eq!(run.code, Some(1));
+    assert!(
+        run.stdout.ends_with("5 passed, 1 failed, 2 skipped\n"),
+        "{}",
+        run.stdout
+    );
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(
+        xml.contains("tests=\"8\" failures=\"1\" errors=\"0\" skipped=\"2\""),
+        "{xml}"
+    );
+    assert!(xml.contains("name=\"test_wrong_status\""));
+}
+
+#[test]
+fn run_script_exit_codes() {
+    require_kvm();
+    let (_d, ok) = temp_file(
+        "ok.lua",
+        b"vm.boot{guest='hello', cmdline='status=7'}\nlocal ev = vm.run{}\nprint(arg[1], ev.status)\nreturn ev.status",
+    );
+    let run = lunavm(&["run", ok.to_str().unwrap(), "first-arg"]);
+    assert_eq!(run.code, Some(7), "{}", run.stderr);
+    assert_eq!(run.stdout, "first-arg\t7\n");
+    let (_d, fail) = temp_file("fail.lua", b"t.eq(1, 2)");
+    let run = lunavm(&["run", fail.to_str().unwrap()]);
+    assert_eq!(run.code, Some(1));
+    assert!(
+        run.stderr
+            .contains("fail.lua:1: t.eq failed: left 1 (0x1), right 2 (0x2)"),
+        "{}",
+        run.stderr
+    );
+}
+
+/// Runs a one-line script and returns its error message (file name only).
+fn script_error(name: &str, src: &str) -> String {
+    let (dir, path) = temp_file(name, src.as_bytes());
+    let run = lunavm(&["run", path.to_str().unwrap()]);
+    assert_eq!(run.code, Some(77), "{name}: {}", run.stderr);
+    run.stderr
+        .replace(&format!("{}/", dir.path().display()), "")
+}
+
+#[test]
+fn bad_input_messages_name_file_and_line() {
+    require_kvm();
+    let cases = [
+        ("syntax.lua", "local x = = 1\n"),
+        ("runtime.lua", "local t = nil\nprint(t.x)\n"),
+        ("wrong_type.lua", "vm.boot{}\nmem.write8({}, 1)\n"),
+        (
+            "outside_memory.lua",
+            "vm.boot{mem = '4M'}\n\nmem.write64(0x7fffffff0000, 1)\n",
+        ),
+        ("wrong_state.lua", "cpu.set('rax', 1)\n"),
+        ("bad_option.lua", "vm.boot{guest = 'nope'}\n"),
+        ("bad_pattern.lua", "vm.boot{}\nserial.expect('(unclosed')\n"),
+    ];
+    let mut all = String::new();
+    for (name, src) in cases {
+        all.push_str(&script_error(name, src));
+    }
+    insta::assert_snapshot!("script_bad_input", all);
+}
+
+#[test]
+fn missing_script_is_bad_input() {
+    let run = lunavm(&["run", "/nonexistent/scenario.lua"]);
+    assert_eq!(run.code, Some(2));
+    assert!(
+        run.stderr
+            .contains("Cannot read script /nonexistent/scenario.lua"),
+        "{}",
+        run.stderr
+    );
+}
+
+/// Every function registered in Lua, as "ns.name".
+fn registered_functions() -> Vec<String> {
+    let s = lunavm::script::Scenario::new(&lunavm::script::ScenarioOptions::default()).unwrap();
+    s.api_functions()
+}
+
+fn repo_file(rel: &str) -> String {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(rel);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+#[test]
+fn every_registered_function_is_in_the_reference() {
+    let reference = repo_file("scripts/README.md");
+    let missing: Vec<String> = registered_functions()
+        .into_iter()
+        .filter(|f| {
+            !["(", "{"]
+                .iter()
+                .any(|open| reference.contains(&format!("{f}{open}")))
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "functions missing from scripts/README.md: {missing:?}"
+    );
+}
+
+#[test]
+fn every_registered_function_is_in_the_luals_annotations() {
+    let meta = repo_file("scripts/lunavm.lua");
+    assert!(
+        meta.starts_with("---@meta"),
+        "scripts/lunavm.lua must be a LuaLS ---@meta file"
+    );
+    let registered = registered_functions();
+    let missing: Vec<&String> = registered
+        .iter()
+        .filter(|f| !meta.contains(&format!("function {f}(")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "functions missing from scripts/lunavm.lua: {missing:?}"
+    );
+    // And nothing annotated that does not exist.
+    let extra: Vec<String> = meta
+        .lines()
+        .filter_map(|l| l.strip_prefix("function "))
+        .filter_map(|l| l.split('(').next())
+        .filter(|name| name.contains('.') && !name.contains(':'))
+        .filter(|name| {
+            lunavm::script::NAMESPACES
+                .iter()
+                .any(|ns| name.starts_with(&format!("{ns}.")))
+        })
+        .filter(|name| !registered.iter().any(|r| r == name))
+        .map(str::to_string)
+        .collect();
+    assert!(extra.is_empty(), "annotated but not registered: {extra:?}");
+}
