@@ -74,25 +74,58 @@ impl Machine {
         move |source| MachineError::Kvm { what, source }
     }
 
-    /// General registers of the current vCPU.
+    /// General registers of the current vCPU (cached until the vCPU runs).
     pub fn regs(&self) -> Result<kvm_regs, MachineError> {
-        self.vcpu()
+        if let Some(r) = self.reg_cache.regs.get() {
+            return Ok(r);
+        }
+        let r = self
+            .vcpu()
             .get_regs()
-            .map_err(Self::kvm_err("read registers"))
+            .map_err(Self::kvm_err("read registers"))?;
+        self.reg_cache.regs.set(Some(r));
+        Ok(r)
     }
 
-    /// Special registers of the current vCPU.
+    /// Special registers of the current vCPU (cached until the vCPU runs).
     pub fn sregs(&self) -> Result<kvm_sregs, MachineError> {
-        self.vcpu()
+        if let Some(s) = self.reg_cache.sregs.get() {
+            return Ok(s);
+        }
+        let s = self
+            .vcpu()
             .get_sregs()
-            .map_err(Self::kvm_err("read special registers"))
+            .map_err(Self::kvm_err("read special registers"))?;
+        self.reg_cache.sregs.set(Some(s));
+        Ok(s)
+    }
+
+    /// Sets the general registers of the current vCPU.
+    pub fn set_regs(&mut self, r: &kvm_regs) -> Result<(), MachineError> {
+        self.reg_cache.regs.set(None);
+        self.vcpu()
+            .set_regs(r)
+            .map_err(Self::kvm_err("set registers"))?;
+        self.reg_cache.regs.set(Some(*r));
+        Ok(())
+    }
+
+    /// Sets the special registers of the current vCPU.
+    pub fn set_sregs(&mut self, s: &kvm_sregs) -> Result<(), MachineError> {
+        self.reg_cache.sregs.set(None);
+        self.vcpu()
+            .set_sregs(s)
+            .map_err(Self::kvm_err("set special registers"))?;
+        self.reg_cache.sregs.set(Some(*s));
+        Ok(())
     }
 
     /// Reads register `name` (one of [`REG_NAMES`]).
     pub fn reg(&self, name: &str) -> Result<u64, MachineError> {
-        let mut r = self.regs()?;
-        if let Some(v) = gpr(&mut r, name) {
-            return Ok(*v);
+        let mut r = kvm_regs::default();
+        if gpr(&mut r, name).is_some() {
+            r = self.regs()?;
+            return Ok(gpr(&mut r, name).map_or(0, |v| *v));
         }
         let mut s = self.sregs()?;
         if let Some(v) = sreg(&mut s, name) {
@@ -109,10 +142,7 @@ impl Machine {
         let mut r = self.regs()?;
         if let Some(v) = gpr(&mut r, name) {
             *v = value;
-            return self
-                .vcpu()
-                .set_regs(&r)
-                .map_err(Self::kvm_err("set registers"));
+            return self.set_regs(&r);
         }
         let mut s = self.sregs()?;
         if let Some(v) = sreg(&mut s, name) {
@@ -128,9 +158,7 @@ impl Machine {
                 _ => return Err(MachineError::UnknownRegister(name.to_string())),
             }
         }
-        self.vcpu()
-            .set_sregs(&s)
-            .map_err(Self::kvm_err("set special registers"))
+        self.set_sregs(&s)
     }
 
     /// A segment register in full.
@@ -145,9 +173,7 @@ impl Machine {
     pub fn set_segment(&mut self, name: &str, value: kvm_segment) -> Result<(), MachineError> {
         let mut s = self.sregs()?;
         *seg(&mut s, name).ok_or_else(|| MachineError::UnknownRegister(name.to_string()))? = value;
-        self.vcpu()
-            .set_sregs(&s)
-            .map_err(Self::kvm_err("set special registers"))
+        self.set_sregs(&s)
     }
 
     /// Reads MSR `index`.

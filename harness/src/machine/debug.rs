@@ -45,13 +45,16 @@ impl DebugRegs {
         Ok(slot)
     }
 
-    /// Frees every slot `owner` holds.
-    pub fn free(&mut self, owner: Owner) {
+    /// Frees every slot `owner` holds; whether it held any.
+    pub fn free(&mut self, owner: Owner) -> bool {
+        let mut freed = false;
         for s in &mut self.slots {
             if s.is_some_and(|(_, o)| o == owner) {
                 *s = None;
+                freed = true;
             }
         }
+        freed
     }
 
     /// Who holds a breakpoint at `addr`.
@@ -90,10 +93,12 @@ impl Machine {
         Ok(slot)
     }
 
-    /// Removes every breakpoint `owner` holds.
+    /// Removes every breakpoint `owner` holds (no KVM call when it holds none).
     pub fn remove_breakpoints(&mut self, owner: Owner) -> Result<(), MachineError> {
-        self.debug_regs.free(owner);
-        self.apply_debug_regs()
+        if self.debug_regs.free(owner) {
+            self.apply_debug_regs()?;
+        }
+        Ok(())
     }
 
     /// The allocator, for front ends that show it.
@@ -128,7 +133,8 @@ mod tests {
             d.alloc(0x9000, Owner::Run),
             Err(DebugRegError::Full)
         ));
-        d.free(Owner::Hook(2));
+        assert!(d.free(Owner::Hook(2)));
+        assert!(!d.free(Owner::Hook(2)));
         assert_eq!(d.alloc(0x9000, Owner::Run).unwrap(), 2);
         assert_eq!(d.owners_at(0x9000).collect::<Vec<_>>(), vec![Owner::Run]);
         let dbg = d.guest_debug();

@@ -138,6 +138,22 @@ pub struct Machine {
     /// The last stop was a breakpoint: set RFLAGS.RF before re-entering so the
     /// instruction runs instead of hitting the breakpoint again.
     resume_over_breakpoint: bool,
+    /// Registers read since the vCPU last ran (KVM calls are slow on nested hosts).
+    reg_cache: RegCache,
+}
+
+/// The current vCPU's registers as last read or written, until it runs again.
+#[derive(Default)]
+struct RegCache {
+    regs: std::cell::Cell<Option<kvm_bindings::kvm_regs>>,
+    sregs: std::cell::Cell<Option<kvm_bindings::kvm_sregs>>,
+}
+
+impl RegCache {
+    fn invalidate(&self) {
+        self.regs.set(None);
+        self.sregs.set(None);
+    }
 }
 
 impl Machine {
@@ -183,6 +199,7 @@ impl Machine {
             intercepts: intercept::Intercepts::default(),
             debug_regs: debug::DebugRegs::default(),
             resume_over_breakpoint: false,
+            reg_cache: RegCache::default(),
         })
     }
 
@@ -195,6 +212,7 @@ impl Machine {
     ) -> Result<&LoadedKernel, MachineError> {
         let kernel = boot::load(&self.vm.mem, self.vm.mem_size, image, cmdline, modules)?;
         boot::enter(&self.vcpus[0], &self.vm.mem, &kernel)?;
+        self.reg_cache.invalidate();
         Ok(self.kernel.insert(kernel))
     }
 

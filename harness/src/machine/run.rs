@@ -77,7 +77,7 @@ impl Machine {
         }
         if self.resume_over_breakpoint {
             self.resume_over_breakpoint = false;
-            let mut regs = self.get_regs()?;
+            let mut regs = self.regs()?;
             regs.rflags |= RFLAGS_RF;
             self.vcpu()
                 .set_regs(&regs)
@@ -97,6 +97,7 @@ impl Machine {
             }
 
             self.current = self.schedule();
+            self.reg_cache.invalidate();
             let vcpu = &mut self.vcpus[self.current];
             let pending = match vcpu.run() {
                 Ok(VcpuExit::IoOut(port, data)) => {
@@ -229,7 +230,7 @@ impl Machine {
             }
             Pending::Halt => {
                 self.exits.hlt += 1;
-                let regs = self.get_regs()?;
+                let regs = self.regs()?;
                 Some(StopReason::Halted {
                     rip: regs.rip,
                     interrupts_enabled: regs.rflags & (1 << 9) != 0,
@@ -270,23 +271,9 @@ impl Machine {
         })
     }
 
-    fn get_regs(&self) -> Result<kvm_bindings::kvm_regs, MachineError> {
-        self.vcpu().get_regs().map_err(|source| MachineError::Kvm {
-            what: "read registers",
-            source,
-        })
-    }
-
-    fn get_sregs(&self) -> Result<kvm_bindings::kvm_sregs, MachineError> {
-        self.vcpu().get_sregs().map_err(|source| MachineError::Kvm {
-            what: "read special registers",
-            source,
-        })
-    }
-
     /// A register dump of the vCPU now.
     pub fn dump(&self) -> Result<RegisterDump, MachineError> {
-        Ok(RegisterDump::new(&self.get_regs()?, &self.get_sregs()?))
+        Ok(RegisterDump::new(&self.regs()?, &self.sregs()?))
     }
 
     fn handle_ucall(
@@ -294,8 +281,8 @@ impl Machine {
         eax: u32,
         cond: &StopCondition,
     ) -> Result<Option<StopReason>, MachineError> {
-        let regs = self.get_regs()?;
-        let sregs = self.get_sregs()?;
+        let regs = self.regs()?;
+        let sregs = self.sregs()?;
         let addr = if code_bitness(&sregs) == 64 {
             regs.rdi
         } else {
@@ -350,8 +337,8 @@ impl Machine {
     }
 
     fn handle_emulation_failure(&mut self) -> Result<Option<StopReason>, MachineError> {
-        let regs = self.get_regs()?;
-        let sregs = self.get_sregs()?;
+        let regs = self.regs()?;
+        let sregs = self.sregs()?;
         let bitness = code_bitness(&sregs);
         let lrip = linear_rip(&regs, &sregs);
         let mut buf = [0u8; 15];
@@ -383,7 +370,10 @@ impl Machine {
             sregs,
             cpuid: &self.effective_cpuid,
         };
-        match self.completer.complete(&ctx, &insn)? {
+        let outcome = self.completer.complete(&ctx, &insn);
+        // Completion writes registers behind the cache's back.
+        self.reg_cache.invalidate();
+        match outcome? {
             Outcome::Completed { entry, .. } => {
                 self.clock.charge(Charge::Completion);
                 Ok(self
