@@ -219,3 +219,13 @@ fn every_registered_function_is_in_the_luals_annotations() {
         .collect();
     assert!(extra.is_empty(), "annotated but not registered: {extra:?}");
 }
+
+#[test]
+fn the_readme_example_is_the_shipped_example() {
+    let readme = repo_file("README.md");
+    let example = repo_file("scripts/examples/readme_test.lua");
+    assert!(
+        readme.contains(&format!("-- scripts/examples/readme_test.lua\n{example}")),
+        "README's Lua example differs from scripts/examples/readme_test.lua"
+    );
+}
