@@ -40,7 +40,7 @@ impl Charge {
 }
 
 /// The machine's virtual clock, owned by the run loop.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Clock {
     now_ns: u64,
     guest_exits: u64,

@@ -6,7 +6,7 @@
 pub const DEFAULT_SEED: u64 = 0x6c75_6e61_766d_0001;
 
 /// A deterministic 64-bit generator (SplitMix64, Steele, Lea and Flood 2014).
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Entropy {
     state: u64,
 }

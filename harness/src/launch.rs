@@ -34,6 +34,14 @@ pub struct RunOptions {
     pub stop: StopCondition,
     /// Map debug-exit values the way QEMU does: (value << 1) | 1.
     pub qemu_exit_codes: bool,
+    /// Start from this snapshot file instead of booting `kernel`.
+    pub restore: Option<PathBuf>,
+    /// After a restore, check the machine's state hash against the snapshot's.
+    pub verify_restore: bool,
+    /// At the stop, save a snapshot to this file.
+    pub save: Option<PathBuf>,
+    /// Put the hash of memory and vCPU state at the stop in the report.
+    pub state_hash: bool,
 }
 
 /// Errors that stop a run before it produces a stop reason.
@@ -65,15 +73,35 @@ pub enum LaunchError {
     /// Building or running the machine failed.
     #[error(transparent)]
     Machine(#[from] MachineError),
+    /// A snapshot file could not be used.
+    #[error("Cannot restore snapshot {path}")]
+    Restore {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The snapshot could not be saved.
+    #[error("Cannot save a snapshot to {path}")]
+    Save {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl LaunchError {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> u8 {
         match self {
-            LaunchError::UnknownGuest(_) | LaunchError::Read { .. } | LaunchError::Load { .. } => {
-                exit_code::BAD_INPUT
-            }
+            LaunchError::UnknownGuest(_)
+            | LaunchError::Read { .. }
+            | LaunchError::Load { .. }
+            | LaunchError::Restore { .. }
+            | LaunchError::Save { .. } => exit_code::BAD_INPUT,
             LaunchError::Machine(MachineError::Boot(_)) => exit_code::BAD_INPUT,
             LaunchError::Machine(_) => exit_code::HOST_ERROR,
         }
@@ -139,8 +167,48 @@ pub fn parse_no_complete(list: &str) -> Result<Vec<emulate::Entry>, String> {
         .collect()
 }
 
-/// Boots and runs one kernel to a stop.
+/// Builds the machine from a snapshot file.
+fn restore(opts: &RunOptions, path: &Path) -> Result<(String, Machine), LaunchError> {
+    let err = |source: Box<dyn std::error::Error + Send + Sync>| LaunchError::Restore {
+        path: path.to_owned(),
+        source,
+    };
+    let snap = crate::snapshot::file::load(path).map_err(|e| err(Box::new(e)))?;
+    let mut machine =
+        Machine::from_snapshot(&snap, opts.machine.clone()).map_err(|e| err(Box::new(e)))?;
+    if opts.verify_restore {
+        machine
+            .verify_against(&snap)
+            .map_err(|e| err(Box::new(e)))?;
+    }
+    Ok((format!("snapshot:{}", path.display()), machine))
+}
+
+/// Boots and runs one kernel (or restores a snapshot) to a stop.
 pub fn run(opts: &RunOptions) -> Result<RunOutcome, LaunchError> {
+    let (name, mut machine) = match &opts.restore {
+        Some(path) => restore(opts, path)?,
+        None => boot(opts)?,
+    };
+    let stop = machine.run(&opts.stop)?;
+    if let Some(path) = &opts.save {
+        let err = |source: Box<dyn std::error::Error + Send + Sync>| LaunchError::Save {
+            path: path.clone(),
+            source,
+        };
+        let snap = machine.take_snapshot().map_err(|e| err(Box::new(e)))?;
+        crate::snapshot::file::save(&snap, path).map_err(|e| err(Box::new(e)))?;
+    }
+    let code = exit_code_for(&stop, opts.qemu_exit_codes);
+    let mut report = RunReport::new(&machine, name, opts.cmdline.clone(), stop, code);
+    if opts.state_hash {
+        report.state_hash = Some(format!("{:016x}", machine.current_state_hash()?));
+    }
+    Ok(RunOutcome { report, machine })
+}
+
+/// Boots the kernel `opts` names.
+fn boot(opts: &RunOptions) -> Result<(String, Machine), LaunchError> {
     let (name, image): (String, std::borrow::Cow<'static, [u8]>) = match &opts.kernel {
         KernelSource::Guest(g) => {
             let guest = guests::find(g).ok_or_else(|| LaunchError::UnknownGuest(g.clone()))?;
@@ -166,10 +234,7 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome, LaunchError> {
             name: name.clone(),
             source,
         })?;
-    let stop = machine.run(&opts.stop)?;
-    let code = exit_code_for(&stop, opts.qemu_exit_codes);
-    let report = RunReport::new(&machine, name, opts.cmdline.clone(), stop, code);
-    Ok(RunOutcome { report, machine })
+    Ok((name, machine))
 }
 
 #[cfg(test)]

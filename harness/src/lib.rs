@@ -17,6 +17,7 @@ pub mod layout;
 pub mod machine;
 pub mod report;
 pub mod script;
+pub mod snapshot;
 pub mod ucall;
 pub mod units;
 pub mod vm;

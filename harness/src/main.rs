@@ -50,11 +50,17 @@ struct TestArgs {
     #[arg(long, value_name = "N", default_value_t = entropy::DEFAULT_SEED)]
     seed: u64,
     /// Internal: run one test in this process (the runner's child).
-    #[arg(long, value_name = "FILE", hide = true, requires = "test")]
+    #[arg(long, value_name = "FILE", hide = true)]
     worker: Option<PathBuf>,
     /// Internal: the test function for --worker.
     #[arg(long, value_name = "NAME", hide = true)]
     test: Option<String>,
+    /// Internal: start the --worker test from this snapshot.
+    #[arg(long, value_name = "FILE", hide = true)]
+    snapshot: Option<PathBuf>,
+    /// Internal: run the --worker file's setup_once and save the machine here.
+    #[arg(long, value_name = "FILE", hide = true)]
+    setup_once: Option<PathBuf>,
     /// Internal: the virtual-time budget for --worker, in ns.
     #[arg(long, value_name = "NS", hide = true, default_value_t = runner::DEFAULT_VTIME_NS)]
     vtime: u64,
@@ -112,6 +118,15 @@ struct RunArgs {
     /// Print no summary on stderr.
     #[arg(long, short)]
     quiet: bool,
+    /// Start from a snapshot file (taken with --save or from a scenario) instead of booting.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["guest", "kernel", "module", "script"])]
+    restore: Option<PathBuf>,
+    /// With --restore: check that the restored memory and vCPU state hash equal the snapshot's.
+    #[arg(long, requires = "restore")]
+    verify_restore: bool,
+    /// When the run stops, save a snapshot of the machine to FILE.
+    #[arg(long, value_name = "FILE")]
+    save: Option<PathBuf>,
 }
 
 fn exit_codes_help() -> String {
@@ -148,8 +163,21 @@ fn print_error(err: &dyn std::error::Error) {
 }
 
 fn cmd_test(args: TestArgs) -> u8 {
-    if let (Some(file), Some(test)) = (&args.worker, &args.test) {
-        return runner::worker_main(file, test, args.vtime, args.seed);
+    if let Some(file) = &args.worker {
+        let job = match (&args.setup_once, &args.test) {
+            (Some(snapshot), _) => runner::WorkerJob::SetupOnce {
+                snapshot: snapshot.clone(),
+            },
+            (None, Some(name)) => runner::WorkerJob::Test {
+                name: name.clone(),
+                snapshot: args.snapshot.clone(),
+            },
+            (None, None) => {
+                eprintln!("lunavm: error: --worker needs --test or --setup-once");
+                return exit_code::BAD_INPUT;
+            }
+        };
+        return runner::worker_main(file, &job, args.vtime, args.seed);
     }
     let exe = match std::env::current_exe() {
         Ok(e) => e,
@@ -240,6 +268,10 @@ fn cmd_run(args: RunArgs) -> u8 {
             ..StopCondition::default()
         },
         qemu_exit_codes: args.qemu_exit_codes,
+        restore: args.restore,
+        verify_restore: args.verify_restore,
+        state_hash: args.report.is_some(),
+        save: args.save,
     };
     let outcome = match launch::run(&opts) {
         Ok(o) => o,

@@ -69,6 +69,9 @@ pub struct RunReport {
     pub post_code: (u8, u64),
     /// Bytes written to the serial port.
     pub serial_bytes: usize,
+    /// Hash of guest memory and vCPU registers at the stop (with `--report`),
+    /// to compare runs: equal hashes, equal machines.
+    pub state_hash: Option<String>,
 }
 
 impl RunReport {
@@ -113,6 +116,7 @@ impl RunReport {
             ucalls: machine.ucalls().clone(),
             post_code: machine.post_code(),
             serial_bytes: machine.serial_output().len(),
+            state_hash: None,
         }
     }
 

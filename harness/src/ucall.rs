@@ -28,7 +28,7 @@ pub const UCALL_STRUCT_SIZE: usize = 320;
 pub const UCALL_MAX_ARGS: usize = 6;
 
 /// The ucall commands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Command {
     /// The guest is done; args[0] is its status.
@@ -94,7 +94,7 @@ impl Command {
 }
 
 /// A decoded ucall.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Ucall {
     /// The command.
     pub cmd: Command,
@@ -105,7 +105,7 @@ pub struct Ucall {
 }
 
 /// A ucall the harness could not decode.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum UcallError {
     /// EAX holds no known command.
     #[error("Unknown ucall command {0}")]

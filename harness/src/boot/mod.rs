@@ -21,7 +21,7 @@ pub struct Module {
 }
 
 /// The boot protocol a kernel was loaded with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     /// Xen PVH: 32-bit entry, EBX = hvm_start_info.
@@ -31,7 +31,7 @@ pub enum Protocol {
 }
 
 /// A loaded kernel, ready to enter.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LoadedKernel {
     /// How it is entered.
     pub protocol: Protocol,

@@ -11,7 +11,31 @@ pub enum DeviceEvent {
     Exit(u32),
 }
 
+/// A device's saved state (snapshots); each device defines its own shape.
+pub type DeviceState = serde_json::Value;
+
+/// A saved state a device cannot take back.
+#[derive(Debug, thiserror::Error)]
+#[error("Device {device}: cannot restore its saved state: {reason}")]
+pub struct DeviceStateError {
+    /// The device.
+    pub device: &'static str,
+    /// Why.
+    pub reason: String,
+}
+
+impl DeviceStateError {
+    /// An error for `device`.
+    pub fn new(device: &'static str, reason: impl std::fmt::Display) -> Self {
+        DeviceStateError {
+            device,
+            reason: reason.to_string(),
+        }
+    }
+}
+
 /// A device model on a bus. `offset` is relative to the device's base.
+/// Snapshot support is part of the trait: a device cannot exist without it.
 pub trait BusDevice: Send {
     /// Short name for reports.
     fn name(&self) -> &'static str;
@@ -19,6 +43,10 @@ pub trait BusDevice: Send {
     fn read(&mut self, offset: u64, data: &mut [u8]);
     /// Handles a write; may return an event for the run loop.
     fn write(&mut self, offset: u64, data: &[u8]) -> Option<DeviceEvent>;
+    /// Saves the device's whole state.
+    fn save(&self) -> DeviceState;
+    /// Restores a state `save` produced.
+    fn restore(&mut self, state: &DeviceState) -> Result<(), DeviceStateError>;
 }
 
 /// Errors of building a bus.
@@ -155,6 +183,26 @@ impl Bus {
         self.unclaimed
     }
 
+    /// Every device's state as (base, name, state), in address order.
+    pub fn save(&self) -> Vec<(u64, String, DeviceState)> {
+        self.entries
+            .iter()
+            .map(|e| (e.base, e.name.to_string(), lock(&e.device).save()))
+            .collect()
+    }
+
+    /// Restores states `save` produced; every device on the bus must have one.
+    pub fn restore(&self, states: &[(u64, String, DeviceState)]) -> Result<(), DeviceStateError> {
+        for e in &self.entries {
+            let (_, _, st) = states
+                .iter()
+                .find(|(b, n, _)| *b == e.base && n == e.name)
+                .ok_or_else(|| DeviceStateError::new(e.name, "the snapshot has no state for it"))?;
+            lock(&e.device).restore(st)?;
+        }
+        Ok(())
+    }
+
     /// The devices on the bus as (base, len, name), in address order.
     pub fn devices(&self) -> impl Iterator<Item = (u64, u64, &'static str)> + '_ {
         self.entries.iter().map(|e| (e.base, e.len, e.name))
@@ -183,6 +231,29 @@ mod tests {
             self.0 = data[0];
             None
         }
+        fn save(&self) -> DeviceState {
+            serde_json::json!(self.0)
+        }
+        fn restore(&mut self, state: &DeviceState) -> Result<(), DeviceStateError> {
+            self.0 = state
+                .as_u64()
+                .and_then(|v| u8::try_from(v).ok())
+                .ok_or_else(|| DeviceStateError::new("reg", "bad"))?;
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn states_round_trip_and_must_be_complete() {
+        let mut bus = Bus::new();
+        bus.insert(0x10, 4, Arc::new(Mutex::new(Reg(7)))).unwrap();
+        let saved = bus.save();
+        bus.write(0x10, &[9]);
+        bus.restore(&saved).unwrap();
+        let mut b = [0u8; 1];
+        bus.read(0x10, &mut b);
+        assert_eq!(b, [7]);
+        assert!(bus.restore(&[]).is_err());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! isa-debug-exit: a write ends the run with the value written.
 
-use super::bus::{BusDevice, DeviceEvent};
+use super::bus::{BusDevice, DeviceEvent, DeviceState, DeviceStateError};
 
 /// The debug-exit device (QEMU's isa-debug-exit at port 0xf4).
 #[derive(Debug, Default)]
@@ -36,6 +36,16 @@ impl BusDevice for DebugExit {
         let value = u32::from_le_bytes(v);
         self.last = Some(value);
         Some(DeviceEvent::Exit(value))
+    }
+
+    fn save(&self) -> DeviceState {
+        serde_json::json!({ "last": self.last })
+    }
+
+    fn restore(&mut self, state: &DeviceState) -> Result<(), DeviceStateError> {
+        self.last = serde_json::from_value::<Option<u32>>(state["last"].clone())
+            .map_err(|e| DeviceStateError::new("debug-exit", e))?;
+        Ok(())
     }
 }
 

@@ -1,7 +1,7 @@
 //! A range claimed by a front end (a device written in Lua): the run loop
 //! intercepts every access there, so this model only supplies defaults.
 
-use super::bus::{BusDevice, DeviceEvent};
+use super::bus::{BusDevice, DeviceEvent, DeviceState, DeviceStateError};
 
 /// Reads all-ones, drops writes; the front end decides what really happens.
 #[derive(Debug)]
@@ -27,5 +27,14 @@ impl BusDevice for Placeholder {
 
     fn write(&mut self, _offset: u64, _data: &[u8]) -> Option<DeviceEvent> {
         None
+    }
+
+    /// The front end saves its device's state itself.
+    fn save(&self) -> DeviceState {
+        DeviceState::Null
+    }
+
+    fn restore(&mut self, _state: &DeviceState) -> Result<(), DeviceStateError> {
+        Ok(())
     }
 }

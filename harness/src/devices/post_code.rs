@@ -1,7 +1,7 @@
 //! The POST diagnostic port 0x80: firmware writes progress codes there and Linux
 //! uses it as an I/O delay. lunavm keeps the last code and the number of writes.
 
-use super::bus::{BusDevice, DeviceEvent};
+use super::bus::{BusDevice, DeviceEvent, DeviceState, DeviceStateError};
 
 /// The POST code latch.
 #[derive(Debug, Default)]
@@ -42,6 +42,20 @@ impl BusDevice for PostCode {
         }
         self.writes += 1;
         None
+    }
+
+    fn save(&self) -> DeviceState {
+        serde_json::json!({ "last": self.last, "writes": self.writes })
+    }
+
+    fn restore(&mut self, state: &DeviceState) -> Result<(), DeviceStateError> {
+        let bad = || DeviceStateError::new("post-code", "malformed state");
+        self.last = state["last"]
+            .as_u64()
+            .and_then(|v| u8::try_from(v).ok())
+            .ok_or_else(bad)?;
+        self.writes = state["writes"].as_u64().ok_or_else(bad)?;
+        Ok(())
     }
 }
 

@@ -7,9 +7,10 @@ use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use vm_superio::serial::SerialState;
 use vm_superio::{Serial, Trigger};
 
-use super::bus::{BusDevice, DeviceEvent};
+use super::bus::{BusDevice, DeviceEvent, DeviceState, DeviceStateError};
 
 /// The UART's interrupt line. Interrupt controllers arrive with the platform
 /// issue; until then raising it is counted.
@@ -142,11 +143,80 @@ impl BusDevice for SerialDevice {
         }
         None
     }
+
+    fn save(&self) -> DeviceState {
+        let s = self.uart.state();
+        serde_json::json!({
+            "regs": [s.baud_divisor_low, s.baud_divisor_high, s.interrupt_enable,
+                     s.interrupt_identification, s.line_control, s.line_status,
+                     s.modem_control, s.modem_status, s.scratch],
+            "rx_fifo": s.in_buffer,
+            "pending_input": self.pending_input.iter().copied().collect::<Vec<u8>>(),
+            "output": self.uart.writer().log,
+            "interrupts": self.interrupts(),
+        })
+    }
+
+    fn restore(&mut self, state: &DeviceState) -> Result<(), DeviceStateError> {
+        let err = |e: &dyn std::fmt::Display| DeviceStateError::new("serial", e);
+        let bytes = |key: &str| -> Result<Vec<u8>, DeviceStateError> {
+            serde_json::from_value(state[key].clone()).map_err(|e| err(&e))
+        };
+        let regs = bytes("regs")?;
+        let [dll, dlm, ier, iir, lcr, lsr, mcr, msr, scr] = regs[..] else {
+            return Err(err(&"the register list needs 9 values"));
+        };
+        let st = SerialState {
+            baud_divisor_low: dll,
+            baud_divisor_high: dlm,
+            interrupt_enable: ier,
+            interrupt_identification: iir,
+            line_control: lcr,
+            line_status: lsr,
+            modem_control: mcr,
+            modem_status: msr,
+            scratch: scr,
+            in_buffer: bytes("rx_fifo")?,
+        };
+        let echo = self.uart.writer().echo;
+        let irq = IrqLine::default();
+        let count = state["interrupts"].as_u64().unwrap_or(0);
+        irq.raised.store(count, Ordering::Relaxed);
+        let sink = SerialSink {
+            log: bytes("output")?,
+            echo,
+        };
+        self.uart = Serial::from_state(&st, irq, vm_superio::serial::NoEvents, sink)
+            .map_err(|e| err(&format!("{e:?}")))?;
+        self.pending_input = bytes("pending_input")?.into();
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn state_round_trips_registers_fifo_and_output() {
+        let mut s = SerialDevice::new(false);
+        s.write(3, &[0x80]); // DLAB
+        s.write(0, &[0x0c]); // divisor low
+        s.write(3, &[0x03]);
+        s.write(7, &[0x5a]); // scratch
+        s.write(0, b"x");
+        s.feed(b"abc");
+        let saved = s.save();
+        let mut t = SerialDevice::new(false);
+        t.restore(&saved).unwrap();
+        let mut b = [0u8; 1];
+        t.read(7, &mut b);
+        assert_eq!(b, [0x5a]);
+        t.read(0, &mut b);
+        assert_eq!(b, [b'a']);
+        assert_eq!(t.output(), b"x");
+        assert!(t.restore(&serde_json::json!({})).is_err());
+    }
 
     #[test]
     fn transmitted_bytes_are_logged() {

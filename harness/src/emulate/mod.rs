@@ -34,7 +34,9 @@ use crate::vm::cpu_probe::EffectiveCpuid;
 use crate::vm::memory::GuestMem;
 
 /// One entry of the completion table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Entry {
     /// `int3`.
@@ -185,6 +187,17 @@ impl Completer {
     /// How often each entry was used.
     pub fn counts(&self) -> &BTreeMap<Entry, u64> {
         &self.counts
+    }
+
+    /// The counters and the entropy stream, for snapshots.
+    pub fn state(&self) -> (BTreeMap<Entry, u64>, Entropy) {
+        (self.counts.clone(), self.entropy.clone())
+    }
+
+    /// Restores what `state` returned.
+    pub fn set_state(&mut self, counts: BTreeMap<Entry, u64>, entropy: Entropy) {
+        self.counts = counts;
+        self.entropy = entropy;
     }
 
     /// Decodes the instruction at RIP from `bytes`.

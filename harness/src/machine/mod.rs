@@ -86,6 +86,9 @@ pub enum MachineError {
         #[source]
         source: kvm_ioctls::Error,
     },
+    /// A snapshot could not be taken or restored.
+    #[error(transparent)]
+    Snapshot(#[from] Box<crate::snapshot::SnapshotError>),
     /// Completing an instruction failed in KVM.
     #[error(transparent)]
     Completion(#[from] emulate::CompletionError),
@@ -116,41 +119,46 @@ pub enum MachineError {
 
 /// The machine.
 pub struct Machine {
-    config: MachineConfig,
+    pub(crate) config: MachineConfig,
     /// Every vCPU; the run loop enters the one [`Machine::schedule`] picks.
-    vcpus: Vec<VcpuFd>,
+    pub(crate) vcpus: Vec<VcpuFd>,
     /// Index of the vCPU that ran last (the one registers are read from).
-    current: usize,
-    vm: Vm,
-    requested_cpuid: CpuId,
-    effective_cpuid: EffectiveCpuid,
-    pio_bus: Bus,
-    mmio_bus: Bus,
-    serial: Arc<Mutex<SerialDevice>>,
-    post_code: Arc<Mutex<PostCode>>,
-    clock: Clock,
-    exits: ExitCounts,
-    ucalls: UcallLog,
-    completer: Completer,
-    kernel: Option<LoadedKernel>,
-    intercepts: intercept::Intercepts,
-    debug_regs: debug::DebugRegs,
+    pub(crate) current: usize,
+    pub(crate) vm: Vm,
+    pub(crate) requested_cpuid: CpuId,
+    pub(crate) effective_cpuid: EffectiveCpuid,
+    pub(crate) pio_bus: Bus,
+    pub(crate) mmio_bus: Bus,
+    pub(crate) serial: Arc<Mutex<SerialDevice>>,
+    pub(crate) post_code: Arc<Mutex<PostCode>>,
+    pub(crate) clock: Clock,
+    pub(crate) exits: ExitCounts,
+    pub(crate) ucalls: UcallLog,
+    pub(crate) completer: Completer,
+    pub(crate) kernel: Option<LoadedKernel>,
+    pub(crate) intercepts: intercept::Intercepts,
+    pub(crate) debug_regs: debug::DebugRegs,
     /// The last stop was a breakpoint: set RFLAGS.RF before re-entering so the
     /// instruction runs instead of hitting the breakpoint again.
-    resume_over_breakpoint: bool,
+    pub(crate) resume_over_breakpoint: bool,
     /// Registers read since the vCPU last ran (KVM calls are slow on nested hosts).
-    reg_cache: RegCache,
+    pub(crate) reg_cache: RegCache,
+    /// The snapshot the guest memory derives from (restores of it copy only
+    /// dirty pages).
+    pub(crate) snapshot_base: Option<u64>,
+    /// MSRs a snapshot saves, found on the first snapshot.
+    pub(crate) msr_indices: Option<Vec<u32>>,
 }
 
 /// The current vCPU's registers as last read or written, until it runs again.
 #[derive(Default)]
-struct RegCache {
+pub(crate) struct RegCache {
     regs: std::cell::Cell<Option<kvm_bindings::kvm_regs>>,
     sregs: std::cell::Cell<Option<kvm_bindings::kvm_sregs>>,
 }
 
 impl RegCache {
-    fn invalidate(&self) {
+    pub(crate) fn invalidate(&self) {
         self.regs.set(None);
         self.sregs.set(None);
     }
@@ -200,6 +208,8 @@ impl Machine {
             debug_regs: debug::DebugRegs::default(),
             resume_over_breakpoint: false,
             reg_cache: RegCache::default(),
+            snapshot_base: None,
+            msr_indices: None,
         })
     }
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use crate::ucall::{Ucall, UcallError};
 
 /// Exits by kind.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ExitCounts {
     /// Port reads.
     pub pio_in: u64,
@@ -36,14 +36,14 @@ impl ExitCounts {
 }
 
 /// What the guest said through the ucall port.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct UcallLog {
     /// Calls per command name.
-    pub counts: BTreeMap<&'static str, u64>,
+    pub counts: BTreeMap<String, u64>,
     /// PRINT messages, in order.
     pub prints: Vec<String>,
     /// The last call of each kind other than PRINT (for scripts and reports).
-    pub last: BTreeMap<&'static str, Ucall>,
+    pub last: BTreeMap<String, Ucall>,
     /// Calls the harness could not decode.
     pub errors: Vec<UcallError>,
 }
@@ -51,11 +51,11 @@ pub struct UcallLog {
 impl UcallLog {
     /// Records a decoded call.
     pub fn record(&mut self, call: &Ucall) {
-        *self.counts.entry(call.cmd.name()).or_default() += 1;
+        *self.counts.entry(call.cmd.name().to_string()).or_default() += 1;
         if call.cmd == crate::ucall::Command::Print {
             self.prints.push(call.msg.clone());
         } else {
-            self.last.insert(call.cmd.name(), call.clone());
+            self.last.insert(call.cmd.name().to_string(), call.clone());
         }
     }
 }

@@ -106,12 +106,23 @@ fn add_device(st: &Shared, space: Space, spec: Table) -> ApiResult<Handle> {
     }
     let read: Option<Function> = spec.get("read").map_err(|_| "read= must be a function")?;
     let write: Option<Function> = spec.get("write").map_err(|_| "write= must be a function")?;
+    let save: Option<Function> = spec.get("save").map_err(|_| "save= must be a function")?;
+    let restore: Option<Function> = spec
+        .get("restore")
+        .map_err(|_| "restore= must be a function")?;
+    let stateless = spec
+        .get::<Option<bool>>("stateless")
+        .map_err(|_| "stateless= must be a boolean")?
+        .unwrap_or(false);
+    if save.is_some() != restore.is_some() {
+        return Err("give both save= and restore=, or neither".into());
+    }
     let name: Option<String> = spec.get("name").map_err(|_| "name= must be a string")?;
+    let name = name.unwrap_or_else(|| "lua-device".into());
     // Device names live as long as the bus; a script makes few devices.
-    let name: &'static str =
-        Box::leak(name.unwrap_or_else(|| "lua-device".into()).into_boxed_str());
+    let bus_name: &'static str = Box::leak(name.clone().into_boxed_str());
     let mut s = st.borrow_mut();
-    let intercept = s.machine()?.claim_range(space, base, size, name)?;
+    let intercept = s.machine()?.claim_range(space, base, size, bus_name)?;
     let id = s.next_id();
     s.devices.push(LuaDevice {
         id,
@@ -121,6 +132,10 @@ fn add_device(st: &Shared, space: Space, spec: Table) -> ApiResult<Handle> {
         size,
         read,
         write,
+        save,
+        restore,
+        stateless,
+        name,
     });
     Ok(Handle { id, st: st.clone() })
 }

@@ -11,6 +11,7 @@ mod mem;
 pub mod runner;
 mod serial;
 pub mod session;
+pub mod snapshot;
 mod t;
 mod vm;
 
@@ -89,6 +90,7 @@ impl Scenario {
             dev::register(&lua, &session)?;
             serial::register(&lua, &session)?;
             clock::register(&lua, &session)?;
+            snapshot::register(&lua, &session)?;
             t::register(&lua, &session)?;
             let preload: Table = lua.globals().get::<Table>("package")?.get("preload")?;
             for (name, src) in LIBRARY {
@@ -153,6 +155,36 @@ impl Scenario {
             Value::Function(f) => f.call::<()>(()).map(|()| true),
             _ => Ok(false),
         }
+    }
+
+    /// Whether the script defined global function `name`.
+    pub fn has_function(&self, name: &str) -> bool {
+        matches!(
+            self.lua.globals().get::<Value>(name),
+            Ok(Value::Function(_))
+        )
+    }
+
+    /// Replaces the machine with one restored from a snapshot file.
+    pub fn load_snapshot(&self, path: &Path) -> Result<(), ScriptError> {
+        snapshot::load_into(&self.session, path).map_err(|e| match e {
+            convert::ApiError::Msg(m) => ScriptError::Lua(m),
+            convert::ApiError::Lua(e) => ScriptError::lua(&e),
+        })
+    }
+
+    /// Saves the machine (not the Lua state) to a snapshot file.
+    pub fn save_machine(&self, path: &Path) -> Result<(), ScriptError> {
+        let mut s = self.session.borrow_mut();
+        let m = s
+            .machine
+            .as_mut()
+            .ok_or_else(|| ScriptError::Lua("the machine is not booted".into()))?;
+        let snap = m
+            .take_snapshot()
+            .map_err(|e| ScriptError::Lua(convert::error_chain(&e)))?;
+        crate::snapshot::file::save(&snap, path)
+            .map_err(|e| ScriptError::Lua(convert::error_chain(&e)))
     }
 
     /// A global table, if the script defined one (e.g. `budget`).

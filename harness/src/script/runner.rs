@@ -33,6 +33,8 @@ pub struct TestCase {
     pub vtime_ns: u64,
     /// Wall-time budget.
     pub wall: Duration,
+    /// The file defines `setup_once`: the test starts from its snapshot.
+    pub setup_once: bool,
 }
 
 impl TestCase {
@@ -210,6 +212,7 @@ pub fn discover_file(file: &Path, seed: u64) -> Result<Vec<TestCase>, CaseResult
         .exec_file(file)
         .map_err(|e| load_error(e.to_string()))?;
     let budget = scenario.global_table("budget");
+    let setup_once = scenario.has_function("setup_once");
     let mut cases = Vec::new();
     for name in scenario.test_names() {
         let (mut vtime, mut wall) = (DEFAULT_VTIME_NS, DEFAULT_WALL);
@@ -225,13 +228,41 @@ pub fn discover_file(file: &Path, seed: u64) -> Result<Vec<TestCase>, CaseResult
             name,
             vtime_ns: vtime,
             wall,
+            setup_once,
         });
     }
     Ok(cases)
 }
 
-/// Runs one test in this process (the worker side): setup, the test, teardown.
-pub fn run_in_process(file: &Path, test: &str, vtime_ns: u64, seed: u64) -> WorkerReport {
+/// What a worker does: one test (starting from a `setup_once` snapshot when
+/// given one), or a file's `setup_once`, saving the machine to a snapshot.
+#[derive(Clone, Debug)]
+pub enum WorkerJob {
+    /// Run test function `name`.
+    Test {
+        /// The test function.
+        name: String,
+        /// The snapshot `setup_once` left, to start from.
+        snapshot: Option<PathBuf>,
+    },
+    /// Run `setup_once` and save the machine here.
+    SetupOnce {
+        /// Where the snapshot goes.
+        snapshot: PathBuf,
+    },
+}
+
+fn error_report(message: String) -> WorkerReport {
+    WorkerReport {
+        status: Status::Error,
+        message,
+        results: Vec::new(),
+    }
+}
+
+/// Runs one job in this process (the worker side): for a test, setup, the
+/// test, teardown.
+pub fn run_in_process(file: &Path, job: &WorkerJob, vtime_ns: u64, seed: u64) -> WorkerReport {
     let opts = ScenarioOptions {
         seed,
         vtime_budget: Some(vtime_ns),
@@ -248,12 +279,24 @@ pub fn run_in_process(file: &Path, test: &str, vtime_ns: u64, seed: u64) -> Work
         }
     };
     if let Err(e) = scenario.exec_file(file) {
-        return WorkerReport {
-            status: Status::Error,
-            message: e.to_string(),
-            results: Vec::new(),
-        };
+        return error_report(e.to_string());
     }
+    let test = match job {
+        WorkerJob::SetupOnce { snapshot } => return setup_once(&scenario, file, snapshot),
+        WorkerJob::Test {
+            name,
+            snapshot: Some(path),
+        } => {
+            if let Err(e) = scenario.load_snapshot(path) {
+                return error_report(format!("cannot start from the setup_once snapshot: {e}"));
+            }
+            name
+        }
+        WorkerJob::Test {
+            name,
+            snapshot: None,
+        } => name,
+    };
     let mut result = scenario.call_global("setup").and_then(|_| {
         scenario.call_global(test).and_then(|found| {
             if found {
@@ -285,9 +328,31 @@ pub fn run_in_process(file: &Path, test: &str, vtime_ns: u64, seed: u64) -> Work
     }
 }
 
-/// Runs one test in this process and prints its report for the parent.
-pub fn worker_main(file: &Path, test: &str, vtime_ns: u64, seed: u64) -> u8 {
-    let report = run_in_process(file, test, vtime_ns, seed);
+/// Runs `setup_once` and saves the machine it leaves.
+fn setup_once(scenario: &Scenario, file: &Path, path: &Path) -> WorkerReport {
+    if let Err(e) = scenario.call_global("setup_once") {
+        let session = scenario.session();
+        return match &session.outcome {
+            Some(Outcome::Fail(m) | Outcome::Skip(m)) => error_report(format!("setup_once: {m}")),
+            None => error_report(format!("setup_once: {}", describe(&e))),
+        };
+    }
+    match scenario.save_machine(path) {
+        Ok(()) => WorkerReport {
+            status: Status::Pass,
+            message: String::new(),
+            results: Vec::new(),
+        },
+        Err(e) => error_report(format!(
+            "{}: setup_once left no machine to snapshot: {e}",
+            file.display()
+        )),
+    }
+}
+
+/// Runs one job in this process and prints its report for the parent.
+pub fn worker_main(file: &Path, job: &WorkerJob, vtime_ns: u64, seed: u64) -> u8 {
+    let report = run_in_process(file, job, vtime_ns, seed);
     let json = serde_json::to_string(&report).unwrap_or_default();
     let mut out = std::io::stdout();
     let _ = writeln!(out, "\n{RESULT_PREFIX}{json}");
@@ -423,6 +488,18 @@ pub fn run_tests(opts: &TestOptions, exe: &Path) -> Result<Vec<CaseResult>, Runn
         }
         return Ok(results);
     }
+    // Each file with a setup_once boots once: its snapshot starts every test.
+    let snap_dir = std::env::temp_dir().join(format!("lunavm-test-{}", std::process::id()));
+    let mut setups: std::collections::HashMap<PathBuf, Result<(), String>> =
+        std::collections::HashMap::new();
+    for case in cases.iter().filter(|c| c.setup_once) {
+        if setups.contains_key(&case.file) {
+            continue;
+        }
+        let _ = std::fs::create_dir_all(&snap_dir);
+        let result = run_setup_once(exe, case, &snapshot_path(&snap_dir, &case.file), opts.seed);
+        setups.insert(case.file.clone(), result);
+    }
     let mut queue: VecDeque<(usize, TestCase)> = cases.into_iter().enumerate().collect();
     let total = queue.len();
     let mut done: Vec<Option<Vec<CaseResult>>> = vec![None; total];
@@ -434,20 +511,25 @@ pub fn run_tests(opts: &TestOptions, exe: &Path) -> Result<Vec<CaseResult>, Runn
             let Some((index, case)) = queue.pop_front() else {
                 break;
             };
-            let child = Command::new(exe)
-                .arg("test")
-                .arg("--worker")
-                .arg(&case.file)
-                .arg("--test")
-                .arg(&case.name)
-                .arg("--vtime")
-                .arg(case.vtime_ns.to_string())
-                .arg("--seed")
-                .arg(opts.seed.to_string())
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn();
+            if case.setup_once {
+                if let Some(Err(msg)) = setups.get(&case.file) {
+                    done[index] = Some(vec![CaseResult {
+                        id: case.id(),
+                        status: Status::Error,
+                        message: msg.clone(),
+                        millis: 0,
+                        output: String::new(),
+                    }]);
+                    continue;
+                }
+            }
+            let mut cmd = worker_command(exe, &case.file, case.vtime_ns, opts.seed);
+            cmd.arg("--test").arg(&case.name);
+            if case.setup_once {
+                cmd.arg("--snapshot")
+                    .arg(snapshot_path(&snap_dir, &case.file));
+            }
+            let child = cmd.spawn();
             match child {
                 Ok(child) => running.push(Running {
                     index,
@@ -496,12 +578,72 @@ pub fn run_tests(opts: &TestOptions, exe: &Path) -> Result<Vec<CaseResult>, Runn
             std::thread::sleep(Duration::from_millis(2));
         }
     }
+    let _ = std::fs::remove_dir_all(&snap_dir);
     println!("{}", summary_line(&results));
     if let Some(path) = &opts.junit {
         std::fs::write(path, junit_xml(&results))
             .map_err(|e| RunnerError::Junit(path.clone(), e))?;
     }
     Ok(results)
+}
+
+/// The snapshot file of `file`'s setup_once in `dir`.
+fn snapshot_path(dir: &Path, file: &Path) -> PathBuf {
+    let flat: String = file
+        .display()
+        .to_string()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    dir.join(format!("{flat}.snap"))
+}
+
+/// The command line of a worker process.
+fn worker_command(exe: &Path, file: &Path, vtime_ns: u64, seed: u64) -> Command {
+    let mut cmd = Command::new(exe);
+    cmd.arg("test")
+        .arg("--worker")
+        .arg(file)
+        .arg("--vtime")
+        .arg(vtime_ns.to_string())
+        .arg("--seed")
+        .arg(seed.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Runs a file's setup_once in a worker that saves its machine to `path`.
+fn run_setup_once(exe: &Path, case: &TestCase, path: &Path, seed: u64) -> Result<(), String> {
+    let mut cmd = worker_command(exe, &case.file, case.vtime_ns, seed);
+    cmd.arg("--setup-once").arg(path);
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start the setup_once process: {e}"))?;
+    let mut running = Running {
+        index: 0,
+        child,
+        start: Instant::now(),
+        case: case.clone(),
+    };
+    let over = loop {
+        match running.child.try_wait() {
+            Ok(Some(_)) => break false,
+            Ok(None) if running.start.elapsed() > case.wall => {
+                let _ = running.child.kill();
+                break true;
+            }
+            _ => std::thread::sleep(Duration::from_millis(2)),
+        }
+    };
+    let results = collect(running, over);
+    match results.first() {
+        Some(c) if c.status == Status::Pass => Ok(()),
+        Some(c) if over => Err(format!("setup_once: {}", c.message)),
+        Some(c) => Err(c.message.clone()),
+        None => Err("setup_once reported nothing".into()),
+    }
 }
 
 fn xml_escape(s: &str) -> String {

@@ -47,6 +47,14 @@ pub struct LuaDevice {
     pub read: Option<Function>,
     /// write(offset, size, value).
     pub write: Option<Function>,
+    /// save() -> value, for snapshots.
+    pub save: Option<Function>,
+    /// restore(value), for snapshots.
+    pub restore: Option<Function>,
+    /// Declared to have no state.
+    pub stateless: bool,
+    /// Its name.
+    pub name: String,
 }
 
 /// What a hook fires on.
@@ -84,6 +92,10 @@ pub enum HookKind {
     },
 }
 
+/// A snapshot a script took: (handle id, the machine's snapshot, the Lua
+/// devices' saved values by device handle id).
+pub type ScriptSnapshot = (u64, crate::snapshot::Snapshot, Vec<(u64, Value)>);
+
 /// A hook written in Lua.
 pub struct LuaHook {
     /// Handle id.
@@ -118,6 +130,8 @@ pub struct Session {
     pub devices: Vec<LuaDevice>,
     /// Hooks.
     pub hooks: Vec<LuaHook>,
+    /// Snapshots taken by the script.
+    pub snapshots: Vec<ScriptSnapshot>,
     next_handle: u64,
 }
 
@@ -136,6 +150,7 @@ impl Session {
             results: Vec::new(),
             devices: Vec::new(),
             hooks: Vec::new(),
+            snapshots: Vec::new(),
             next_handle: 0,
         }
     }

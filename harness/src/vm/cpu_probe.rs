@@ -47,7 +47,7 @@ fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> ProbeError {
 }
 
 /// The CPUID values the guest observed, per (leaf, subleaf).
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct EffectiveCpuid {
     /// `[eax, ebx, ecx, edx]` per probed (leaf, subleaf).
     pub leaves: BTreeMap<(u32, u32), [u32; 4]>,

@@ -4,6 +4,7 @@
 pub mod access;
 pub mod cpu_probe;
 pub mod cpuid;
+pub mod dirty;
 pub mod memory;
 pub mod paging;
 pub mod regs;
@@ -91,6 +92,8 @@ pub struct Vm {
     pub mem: GuestMem,
     /// Size of guest RAM in bytes.
     pub mem_size: u64,
+    /// How dirty pages are tracked.
+    pub dirty: dirty::DirtyTracker,
     /// The VM file descriptor.
     pub fd: VmFd,
 }
@@ -102,12 +105,14 @@ impl Vm {
         let fd = kvm.create_vm().map_err(VmError::kvm("create a VM"))?;
         fd.set_tss_address(KVM_TSS_ADDRESS)
             .map_err(VmError::kvm("set the TSS address"))?;
+        let dirty = dirty::DirtyTracker::enable(&fd);
         let mem = memory::create(mem_size)?;
         memory::register(&fd, &mem)?;
         Ok(Vm {
             kvm,
             mem,
             mem_size,
+            dirty,
             fd,
         })
     }

@@ -1,0 +1,368 @@
+//! Snapshots: the whole machine — vCPUs, devices, virtual clock, counters,
+//! entropy, memory — captured and restored. In memory, restoring the snapshot
+//! the machine last took or restored copies back only the pages written since
+//! (KVM's dirty log OR'ed with the VMM's own write bitmap): O(dirty pages),
+//! not O(RAM). On disk, see [`file`].
+
+pub mod file;
+pub mod vcpu;
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
+
+use crate::boot::LoadedKernel;
+use crate::clock::Clock;
+use crate::devices::bus::{DeviceState, DeviceStateError};
+use crate::emulate::Entry;
+use crate::entropy::Entropy;
+use crate::layout::PAGE_SIZE;
+use crate::machine::{ExitCounts, Machine, UcallLog};
+use crate::vm::cpuid::CpuProfile;
+use crate::vm::dirty::{self, DirtyError};
+use vcpu::VcpuState;
+
+/// Schema version of [`MachineState`]; bumped on incompatible changes.
+pub const STATE_VERSION: u32 = 1;
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Errors of taking or restoring snapshots.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// A KVM call failed.
+    #[error("KVM refused to {what}")]
+    Kvm {
+        /// What was being done.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// The MSR list does not fit KVM's limit.
+    #[error("Too many MSRs for one KVM call")]
+    TooManyMsrs,
+    /// An MSR could not be read or written.
+    #[error("MSR {0:#x} could not be saved or restored")]
+    Msr(u32),
+    /// Dirty tracking failed.
+    #[error(transparent)]
+    Dirty(#[from] DirtyError),
+    /// A device refused its state.
+    #[error(transparent)]
+    Device(#[from] DeviceStateError),
+    /// The snapshot does not fit this machine.
+    #[error("The snapshot does not fit this machine: {0}")]
+    Mismatch(String),
+    /// --verify-restore found a different state.
+    #[error(
+        "Restored state differs from the snapshot (hash {found:#018x}, expected {expected:#018x})"
+    )]
+    Verify {
+        /// The snapshot's hash.
+        expected: u64,
+        /// The restored machine's hash.
+        found: u64,
+    },
+    /// The snapshot file is unusable.
+    #[error(transparent)]
+    File(#[from] file::FileError),
+}
+
+/// Everything but memory, serialisable.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct MachineState {
+    /// [`STATE_VERSION`].
+    pub version: u32,
+    /// Guest RAM size.
+    pub mem_size: u64,
+    /// The CPU profile the machine was built with.
+    pub cpu: CpuProfile,
+    /// The run's seed.
+    pub seed: u64,
+    /// The CPUID the guest was measured to see: (leaf, subleaf, [eax, ebx, ecx, edx]).
+    pub effective_cpuid: Vec<(u32, u32, [u32; 4])>,
+    /// The loaded kernel.
+    pub kernel: Option<LoadedKernel>,
+    /// Every vCPU.
+    pub vcpus: Vec<VcpuState>,
+    /// Port-bus devices as (base, name, state).
+    pub pio: Vec<(u64, String, DeviceState)>,
+    /// MMIO-bus devices as (base, name, state).
+    pub mmio: Vec<(u64, String, DeviceState)>,
+    /// Virtual time.
+    pub clock: Clock,
+    /// Exit counters.
+    pub exits: ExitCounts,
+    /// ucall log.
+    pub ucalls: UcallLog,
+    /// Completion counters.
+    pub completions: BTreeMap<Entry, u64>,
+    /// The entropy stream.
+    pub entropy: Entropy,
+}
+
+/// A snapshot held in memory.
+pub struct Snapshot {
+    id: u64,
+    /// Everything but memory.
+    pub state: MachineState,
+    /// A full copy of each RAM region, in region order.
+    pub memory: Vec<Vec<u8>>,
+}
+
+/// What a restore did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RestoreStats {
+    /// Pages copied back.
+    pub pages: u64,
+    /// Whether all of RAM was copied (first restore of this snapshot).
+    pub full: bool,
+}
+
+impl Snapshot {
+    /// A snapshot from a state and memory (e.g. read from a file).
+    pub fn new(state: MachineState, memory: Vec<Vec<u8>>) -> Snapshot {
+        Snapshot {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            state,
+            memory,
+        }
+    }
+
+    /// The hash `--verify-restore` compares: memory and vCPU registers.
+    pub fn state_hash(&self) -> u64 {
+        state_hash(self.memory.iter().map(Vec::as_slice), &self.state.vcpus)
+    }
+}
+
+/// Hash of memory and the architectural vCPU state (registers, segments,
+/// control registers, XCRs) — not MSRs, whose TSC moves with host time.
+pub fn state_hash<'a>(memory: impl Iterator<Item = &'a [u8]>, vcpus: &[VcpuState]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for region in memory {
+        region.hash(&mut h);
+    }
+    for v in vcpus {
+        serde_json::to_vec(&(&v.regs, &v.sregs, &v.xcrs))
+            .unwrap_or_default()
+            .hash(&mut h);
+    }
+    h.finish()
+}
+
+fn boxed(e: SnapshotError) -> crate::machine::MachineError {
+    crate::machine::MachineError::Snapshot(Box::new(e))
+}
+
+impl Machine {
+    fn vcpu_states(&mut self) -> Result<Vec<VcpuState>, SnapshotError> {
+        if self.msr_indices.is_none() {
+            self.msr_indices = Some(vcpu::saveable_msrs(&self.vm.kvm, &self.vcpus[0])?);
+        }
+        let msrs = self.msr_indices.as_deref().unwrap_or(&[]);
+        self.vcpus.iter().map(|v| vcpu::save(v, msrs)).collect()
+    }
+
+    /// The machine's state without memory.
+    pub fn machine_state(&mut self) -> Result<MachineState, crate::machine::MachineError> {
+        let vcpus = self.vcpu_states().map_err(boxed)?;
+        let (completions, entropy) = self.completer.state();
+        Ok(MachineState {
+            version: STATE_VERSION,
+            mem_size: self.vm.mem_size,
+            cpu: self.config.cpu,
+            seed: self.config.seed,
+            effective_cpuid: self
+                .effective_cpuid
+                .leaves
+                .iter()
+                .map(|(&(l, s), &r)| (l, s, r))
+                .collect(),
+            kernel: self.kernel.clone(),
+            vcpus,
+            pio: self.pio_bus.save(),
+            mmio: self.mmio_bus.save(),
+            clock: self.clock.clone(),
+            exits: self.exits.clone(),
+            ucalls: self.ucalls.clone(),
+            completions,
+            entropy,
+        })
+    }
+
+    /// Takes a snapshot. Later restores of it copy only the pages written
+    /// after this point.
+    pub fn take_snapshot(&mut self) -> Result<Snapshot, crate::machine::MachineError> {
+        self.vm
+            .dirty
+            .collect(&self.vm.fd, &self.vm.mem)
+            .map_err(|e| boxed(e.into()))?;
+        let state = self.machine_state()?;
+        let mut memory = Vec::new();
+        for region in self.vm.mem.iter() {
+            let mut copy = vec![0u8; usize::try_from(region.len()).unwrap_or(0)];
+            region
+                .read_slice(&mut copy, MemoryRegionAddress(0))
+                .map_err(|e| {
+                    boxed(SnapshotError::Mismatch(format!(
+                        "cannot read guest memory: {e}"
+                    )))
+                })?;
+            memory.push(copy);
+        }
+        let snap = Snapshot::new(state, memory);
+        self.snapshot_base = Some(snap.id);
+        Ok(snap)
+    }
+
+    /// Restores `snap`: O(dirty pages) when it is the snapshot the machine
+    /// last took or restored, a full copy otherwise.
+    pub fn restore_snapshot(
+        &mut self,
+        snap: &Snapshot,
+    ) -> Result<RestoreStats, crate::machine::MachineError> {
+        self.restore_inner(snap).map_err(boxed)
+    }
+
+    fn restore_inner(&mut self, snap: &Snapshot) -> Result<RestoreStats, SnapshotError> {
+        let st = &snap.state;
+        if st.version != STATE_VERSION {
+            return Err(SnapshotError::Mismatch(format!(
+                "state version {} (this lunavm: {STATE_VERSION})",
+                st.version
+            )));
+        }
+        if st.mem_size != self.vm.mem_size || snap.memory.len() != self.vm.mem.num_regions() {
+            return Err(SnapshotError::Mismatch(format!(
+                "{} bytes of RAM in the snapshot, {} in the machine",
+                st.mem_size, self.vm.mem_size
+            )));
+        }
+        if st.vcpus.len() != self.vcpus.len() {
+            return Err(SnapshotError::Mismatch(format!(
+                "{} vCPUs in the snapshot",
+                st.vcpus.len()
+            )));
+        }
+        let dirty = self.vm.dirty.collect(&self.vm.fd, &self.vm.mem)?;
+        let full = self.snapshot_base != Some(snap.id);
+        let mut stats = RestoreStats { pages: 0, full };
+        for ((region, copy), bits) in self.vm.mem.iter().zip(&snap.memory).zip(&dirty) {
+            if copy.len() as u64 != region.len() {
+                return Err(SnapshotError::Mismatch(
+                    "a memory region has another size".into(),
+                ));
+            }
+            let write = |offset: usize, bytes: &[u8]| {
+                region
+                    .write_slice(bytes, MemoryRegionAddress(offset as u64))
+                    .map_err(|e| SnapshotError::Mismatch(format!("cannot write guest memory: {e}")))
+            };
+            if full {
+                write(0, copy)?;
+                stats.pages += region.len() / PAGE_SIZE;
+            } else {
+                let page = usize::try_from(PAGE_SIZE).unwrap_or(4096);
+                let mut result = Ok(());
+                dirty::for_each_page(bits, |p| {
+                    if result.is_ok() {
+                        result = write(p * page, &copy[p * page..(p + 1) * page]);
+                        stats.pages += 1;
+                    }
+                });
+                result?;
+            }
+            // Copying back is not a change to track.
+            region.get_mmap().bitmap().reset();
+        }
+        for (v, s) in self.vcpus.iter().zip(&st.vcpus) {
+            vcpu::restore(v, s)?;
+        }
+        self.pio_bus.restore(&st.pio)?;
+        self.mmio_bus.restore(&st.mmio)?;
+        self.clock = st.clock.clone();
+        self.exits = st.exits.clone();
+        self.ucalls = st.ucalls.clone();
+        self.completer
+            .set_state(st.completions.clone(), st.entropy.clone());
+        self.kernel = st.kernel.clone();
+        self.reg_cache.invalidate();
+        self.resume_over_breakpoint = false;
+        self.snapshot_base = Some(snap.id);
+        Ok(stats)
+    }
+
+    /// The hash of the machine's memory and vCPU state now (see [`state_hash`]).
+    pub fn current_state_hash(&mut self) -> Result<u64, crate::machine::MachineError> {
+        let vcpus = self.vcpu_states().map_err(boxed)?;
+        let mut regions = Vec::new();
+        for region in self.vm.mem.iter() {
+            let mut copy = vec![0u8; usize::try_from(region.len()).unwrap_or(0)];
+            region
+                .read_slice(&mut copy, MemoryRegionAddress(0))
+                .map_err(|e| {
+                    boxed(SnapshotError::Mismatch(format!(
+                        "cannot read guest memory: {e}"
+                    )))
+                })?;
+            regions.push(copy);
+        }
+        Ok(state_hash(regions.iter().map(Vec::as_slice), &vcpus))
+    }
+
+    /// Checks the machine now against `snap` (for `--verify-restore`).
+    pub fn verify_against(&mut self, snap: &Snapshot) -> Result<(), crate::machine::MachineError> {
+        let expected = snap.state_hash();
+        let found = self.current_state_hash()?;
+        if expected == found {
+            Ok(())
+        } else {
+            Err(boxed(SnapshotError::Verify { expected, found }))
+        }
+    }
+}
+
+impl Machine {
+    /// Refuses a snapshot whose guest saw CPU features this host's guest
+    /// cannot see (the CPU profile cannot be given here).
+    pub fn check_cpu(&self, state: &MachineState) -> Result<(), crate::machine::MachineError> {
+        let then = crate::vm::cpu_probe::EffectiveCpuid {
+            leaves: state
+                .effective_cpuid
+                .iter()
+                .map(|&(l, s, r)| ((l, s), r))
+                .collect(),
+        };
+        let missing: Vec<&str> = crate::vm::cpuid::REPORTED_FEATURES
+            .iter()
+            .filter(|f| then.has(f) && !self.effective_cpuid.has(f))
+            .map(|f| f.name)
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(boxed(SnapshotError::Mismatch(format!(
+                "its guest could see CPU features this host's guest cannot ({}); restore it on a host that has them",
+                missing.join(" ")
+            ))))
+        }
+    }
+
+    /// Builds a machine for `snap` (its memory size, CPU profile and seed) and
+    /// restores it.
+    pub fn from_snapshot(
+        snap: &Snapshot,
+        mut config: crate::machine::MachineConfig,
+    ) -> Result<Machine, crate::machine::MachineError> {
+        config.mem_size = snap.state.mem_size;
+        config.cpu = snap.state.cpu;
+        config.seed = snap.state.seed;
+        let mut m = Machine::new(config)?;
+        m.check_cpu(&snap.state)?;
+        m.restore_snapshot(snap)?;
+        Ok(m)
+    }
+}
