@@ -112,11 +112,12 @@ fn lua_type_name(rust: &str) -> &str {
 
 /// "file:line" of the Lua code that called the running Rust function.
 pub fn location(lua: &Lua) -> String {
-    for level in 1..8 {
+    for level in 0..10 {
         let found = lua.inspect_stack(level, |d| {
             let line = d.current_line()?;
             let src = d.source().short_src.map(|s| s.into_owned())?;
-            (src != "[C]").then(|| format!("{src}:{line}"))
+            // Skip C functions and lunavm's own wrapper chunk.
+            (src != "[C]" && src != "lunavm").then(|| format!("{src}:{line}"))
         });
         if let Some(Some(loc)) = found {
             return loc;
@@ -128,6 +129,43 @@ pub fn location(lua: &Lua) -> String {
 /// A runtime error with location and function name.
 pub fn lua_error(lua: &Lua, func: &str, msg: impl std::fmt::Display) -> mlua::Error {
     mlua::Error::RuntimeError(format!("{}: {func}: {msg}", location(lua)))
+}
+
+/// Lua code wrapping a binding so the errors it raises are plain strings (mlua
+/// raises its errors as userdata, which `pcall` callers cannot `:find`). The
+/// binding returns the sentinel and a message instead of raising; the wrapper
+/// raises the message as a string, without adding a position (the message
+/// already names the script's file and line).
+const STRINGIFY: &str = r#"
+local sentinel = ...
+local error, pack, unpack = error, table.pack, table.unpack
+return function(impl)
+  return function(...)
+    local r = pack(impl(...))
+    if r[1] == sentinel then error(r[2], 0) end
+    return unpack(r, 1, r.n)
+  end
+end
+"#;
+
+/// The wrapper factory of [`STRINGIFY`] and its sentinel, made once per Lua state.
+fn stringify(lua: &Lua) -> mlua::Result<(mlua::Function, Table)> {
+    const FACTORY: &str = "lunavm.stringify";
+    const SENTINEL: &str = "lunavm.error";
+    if let (Ok(f), Ok(t)) = (
+        lua.named_registry_value::<mlua::Function>(FACTORY),
+        lua.named_registry_value::<Table>(SENTINEL),
+    ) {
+        return Ok((f, t));
+    }
+    let sentinel = lua.create_table()?;
+    let f: mlua::Function = lua
+        .load(STRINGIFY)
+        .set_name("=lunavm")
+        .call(sentinel.clone())?;
+    lua.set_named_registry_value(FACTORY, f.clone())?;
+    lua.set_named_registry_value(SENTINEL, sentinel.clone())?;
+    Ok((f, sentinel))
 }
 
 /// Registers `ns.name` in `tbl`: arguments are converted with a clear error, and
@@ -147,15 +185,21 @@ where
 {
     let full = format!("{ns}.{name}");
     let st = st.clone();
+    let (factory, sentinel) = stringify(lua)?;
     let func = lua.create_function(move |lua, args: MultiValue| {
-        let a = A::from_lua_multi(args, lua)
-            .map_err(|e| lua_error(lua, &full, format!("bad arguments: {}", describe(&e))))?;
-        f(lua, &st, a).map_err(|e| match e {
-            ApiError::Msg(m) => lua_error(lua, &full, m),
-            ApiError::Lua(e) => e,
-        })
+        let message = match A::from_lua_multi(args, lua) {
+            Err(e) => format!("{}: {full}: bad arguments: {}", location(lua), describe(&e)),
+            Ok(a) => match f(lua, &st, a) {
+                Ok(r) => return r.into_lua_multi(lua),
+                Err(ApiError::Msg(m)) => format!("{}: {full}: {m}", location(lua)),
+                // Errors from Lua code the binding called: one clean line.
+                Err(ApiError::Lua(e)) => describe(&e),
+            },
+        };
+        (sentinel.clone(), message).into_lua_multi(lua)
     })?;
-    tbl.set(name, func)
+    let wrapped: mlua::Function = factory.call(func)?;
+    tbl.set(name, wrapped)
 }
 
 /// A guest value (u64) as a Lua integer (two's complement for values >= 2^63).

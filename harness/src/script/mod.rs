@@ -119,7 +119,7 @@ impl Scenario {
         self.lua
             .load(src)
             .set_name(format!("@{}", path.display()))
-            .eval::<Value>()
+            .call::<Value>(())
             .map_err(|e| ScriptError::lua(&e))
     }
 
@@ -128,7 +128,7 @@ impl Scenario {
         self.lua
             .load(src)
             .set_name(format!("={name}"))
-            .eval::<Value>()
+            .call::<Value>(())
             .map_err(|e| ScriptError::lua(&e))
     }
 

@@ -31,6 +31,12 @@ pub fn register(lua: &Lua, st: &Shared) -> mlua::Result<()> {
     add_fn(lua, &t, st, "vm", "booted", |_, st, ()| {
         Ok(st.borrow().machine.is_some())
     })?;
+    add_fn(lua, &t, st, "vm", "state_hash", |_, st, ()| {
+        Ok(format!(
+            "{:016x}",
+            st.borrow_mut().machine()?.current_state_hash()?
+        ))
+    })?;
     add_fn(lua, &t, st, "vm", "exits", |lua, st, ()| {
         let mut s = st.borrow_mut();
         let m = s.machine()?;
