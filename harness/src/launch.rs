@@ -136,6 +136,7 @@ pub fn exit_code_for(stop: &StopReason, qemu_exit_codes: bool) -> u8 {
         StopReason::ExitBudget { .. } | StopReason::TimeBudget { .. } => {
             exit_code::BUDGET_EXHAUSTED
         }
+        StopReason::DeterminismHole { .. } => exit_code::DIVERGENCE,
         StopReason::Sync { .. }
         | StopReason::Intercepted { .. }
         | StopReason::Ucall { .. }

@@ -15,6 +15,7 @@ pub mod guests;
 pub mod launch;
 pub mod layout;
 pub mod machine;
+pub mod repeat;
 pub mod report;
 pub mod script;
 pub mod snapshot;

@@ -127,6 +127,13 @@ struct RunArgs {
     /// When the run stops, save a snapshot of the machine to FILE.
     #[arg(long, value_name = "FILE")]
     save: Option<PathBuf>,
+    /// Run N times from scratch and check that every run repeats the first exactly
+    /// (exit sequence, serial output, final memory and registers).
+    #[arg(long, value_name = "N", conflicts_with_all = ["save", "script"])]
+    repeat: Option<u32>,
+    /// Treat determinism holes (host-timed kicks of a guest spinning without exits) as errors.
+    #[arg(long)]
+    strict: bool,
 }
 
 fn exit_codes_help() -> String {
@@ -261,6 +268,8 @@ fn cmd_run(args: RunArgs) -> u8 {
             echo_serial: true,
             no_complete,
             echo_ucall_prints: !args.quiet,
+            trace_exits: args.repeat.is_some(),
+            strict: args.strict,
         },
         stop: StopCondition {
             max_exits: args.max_exits,
@@ -273,6 +282,18 @@ fn cmd_run(args: RunArgs) -> u8 {
         state_hash: args.report.is_some(),
         save: args.save,
     };
+    if let Some(n) = args.repeat {
+        return match lunavm::repeat::run_repeated(&opts, n) {
+            Ok(summary) => {
+                eprint!("{}", summary.text);
+                summary.exit_code
+            }
+            Err(e) => {
+                print_error(&e);
+                e.exit_code()
+            }
+        };
+    }
     let outcome = match launch::run(&opts) {
         Ok(o) => o,
         Err(e) => {

@@ -5,9 +5,11 @@
 pub mod cpu;
 pub mod debug;
 pub mod intercept;
+pub mod kick;
 mod run;
 pub mod stats;
 pub mod stop;
+pub mod trace;
 
 use std::sync::{Arc, Mutex};
 
@@ -44,6 +46,10 @@ pub struct MachineConfig {
     pub no_complete: Vec<emulate::Entry>,
     /// Print ucall PRINT messages on stderr as they arrive.
     pub echo_ucall_prints: bool,
+    /// Record every exit (for `--repeat`).
+    pub trace_exits: bool,
+    /// Treat determinism holes (kicks) as errors.
+    pub strict: bool,
 }
 
 impl Default for MachineConfig {
@@ -55,6 +61,8 @@ impl Default for MachineConfig {
             echo_serial: false,
             no_complete: Vec::new(),
             echo_ucall_prints: false,
+            trace_exits: false,
+            strict: false,
         }
     }
 }
@@ -148,6 +156,10 @@ pub struct Machine {
     pub(crate) snapshot_base: Option<u64>,
     /// MSRs a snapshot saves, found on the first snapshot.
     pub(crate) msr_indices: Option<Vec<u32>>,
+    /// The forward-progress watchdog.
+    pub(crate) kicker: kick::Kicker,
+    /// The exit trace, when `config.trace_exits`.
+    pub(crate) trace: Vec<trace::ExitRecord>,
 }
 
 /// The current vCPU's registers as last read or written, until it runs again.
@@ -210,6 +222,8 @@ impl Machine {
             reg_cache: RegCache::default(),
             snapshot_base: None,
             msr_indices: None,
+            kicker: kick::Kicker::start(),
+            trace: Vec::new(),
         })
     }
 
@@ -274,6 +288,24 @@ impl Machine {
     /// Moves virtual time forward by `ns` without running the guest.
     pub fn clock_step(&mut self, ns: u64) {
         self.clock.advance(ns);
+    }
+
+    /// The exit trace (empty unless `config.trace_exits`).
+    pub fn exit_trace(&self) -> &[trace::ExitRecord] {
+        &self.trace
+    }
+
+    /// Records an exit in the trace when tracing is on.
+    pub(crate) fn record(&mut self, kind: trace::ExitKind, addr: u64, value: u64) {
+        if self.config.trace_exits {
+            let time_ns = self.clock.now_ns();
+            self.trace.push(trace::ExitRecord {
+                kind,
+                addr,
+                value,
+                time_ns,
+            });
+        }
     }
 
     /// The configuration the machine was built with.

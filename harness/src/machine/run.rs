@@ -4,6 +4,7 @@ use kvm_bindings::KVM_INTERNAL_ERROR_EMULATION;
 use kvm_ioctls::VcpuExit;
 
 use super::intercept::{le_value, Access, Space};
+use super::trace::ExitKind;
 use super::{Machine, MachineError, StopCondition, StopReason};
 use crate::clock::Charge;
 use crate::devices::{bus::lock, DeviceEvent, SERIAL_PORT, SERIAL_PORT_LEN, UCALL_PORT};
@@ -40,6 +41,7 @@ enum Pending {
     },
     Internal(u32),
     FailEntry(u64),
+    Kicked,
     Unexpected(String),
 }
 
@@ -64,9 +66,38 @@ fn size_u8(len: usize) -> u8 {
 impl Machine {
     /// Runs the guest until it ends the run or `cond` holds.
     pub fn run(&mut self, cond: &StopCondition) -> Result<StopReason, MachineError> {
+        self.kicker.enter();
         let reason = self.run_inner(cond);
+        self.kicker.leave();
         lock(&self.serial).flush();
         reason
+    }
+
+    /// A kick interrupted KVM_RUN. Harmless unless a timer deadline is pending:
+    /// then the guest is presumably waiting for it without exits, and virtual
+    /// time jumps to the deadline — a host-timed event, so a determinism hole
+    /// (counted, traced, and an error under `--strict`).
+    fn kicked(&mut self) -> Option<StopReason> {
+        self.exits.kicks += 1;
+        let deadline = self.next_timer_deadline()?;
+        if deadline <= self.clock.now_ns() {
+            return None;
+        }
+        self.exits.kick_time_jumps += 1;
+        self.record(ExitKind::Kick, 0, deadline);
+        if self.config.strict {
+            return Some(StopReason::DeterminismHole {
+                what: "the guest ran without an exit for 20 ms of host time while a timer was due, and was kicked"
+                    .into(),
+            });
+        }
+        self.clock.advance(deadline - self.clock.now_ns());
+        None
+    }
+
+    /// The virtual time of the next timer event, if any timer is armed.
+    pub(crate) fn next_timer_deadline(&self) -> Option<u64> {
+        None
     }
 
     fn run_inner(&mut self, cond: &StopCondition) -> Result<StopReason, MachineError> {
@@ -114,6 +145,16 @@ impl Machine {
                     self.exits.pio_in += 1;
                     self.clock.charge(Charge::Pio);
                     self.pio_bus.read(u64::from(port), data);
+                    if self.config.trace_exits {
+                        let time_ns = self.clock.now_ns();
+                        let value = le_value(data);
+                        self.trace.push(super::trace::ExitRecord {
+                            kind: ExitKind::PioIn,
+                            addr: u64::from(port),
+                            value,
+                            time_ns,
+                        });
+                    }
                     if self.intercepts.matches(Space::Pio, u64::from(port), false) {
                         Pending::ReadIntercepted(Access {
                             space: Space::Pio,
@@ -130,6 +171,16 @@ impl Machine {
                     self.exits.mmio_read += 1;
                     self.clock.charge(Charge::Mmio);
                     self.mmio_bus.read(addr, data);
+                    if self.config.trace_exits {
+                        let time_ns = self.clock.now_ns();
+                        let value = le_value(data);
+                        self.trace.push(super::trace::ExitRecord {
+                            kind: ExitKind::MmioRead,
+                            addr,
+                            value,
+                            time_ns,
+                        });
+                    }
                     if self.intercepts.matches(Space::Mmio, addr, false) {
                         Pending::ReadIntercepted(Access {
                             space: Space::Mmio,
@@ -165,11 +216,12 @@ impl Machine {
                 Ok(other) => Pending::Unexpected(format!("{other:?}")),
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                     self.exits.interrupted += 1;
-                    Pending::None
+                    Pending::Kicked
                 }
                 Err(e) => return Err(MachineError::Run(e)),
             };
 
+            self.kicker.progress();
             if let Some(stop) = self.finish_exit(pending, cond)? {
                 return Ok(stop);
             }
@@ -183,9 +235,11 @@ impl Machine {
     ) -> Result<Option<StopReason>, MachineError> {
         Ok(match pending {
             Pending::None => None,
+            Pending::Kicked => self.kicked(),
             Pending::Write { port, data, len } => {
                 self.clock.charge(Charge::Pio);
                 let addr = u64::from(port);
+                self.record(ExitKind::PioOut, addr, le_value(&data[..len]));
                 if let Some(stop) = self.pio_bus.write(addr, &data[..len]).map(device_stop) {
                     return Ok(Some(stop));
                 }
@@ -208,6 +262,7 @@ impl Machine {
             }
             Pending::MmioWrite { addr, data, len } => {
                 self.clock.charge(Charge::Mmio);
+                self.record(ExitKind::MmioWrite, addr, le_value(&data[..len]));
                 if let Some(stop) = self.mmio_bus.write(addr, &data[..len]).map(device_stop) {
                     return Ok(Some(stop));
                 }
@@ -226,10 +281,12 @@ impl Machine {
             Pending::ReadIntercepted(access) => Some(StopReason::Intercepted { access }),
             Pending::Ucall { eax } => {
                 self.clock.charge(Charge::Ucall);
+                self.record(ExitKind::Ucall, u64::from(eax), 0);
                 self.handle_ucall(eax, cond)?
             }
             Pending::Halt => {
                 self.exits.hlt += 1;
+                self.record(ExitKind::Hlt, 0, 0);
                 let regs = self.regs()?;
                 Some(StopReason::Halted {
                     rip: regs.rip,
@@ -376,6 +433,7 @@ impl Machine {
         match outcome? {
             Outcome::Completed { entry, .. } => {
                 self.clock.charge(Charge::Completion);
+                self.record(ExitKind::Completion, lrip, 0);
                 Ok(self
                     .intercepts
                     .completions

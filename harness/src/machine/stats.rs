@@ -21,6 +21,15 @@ pub struct ExitCounts {
     pub emulation_failure: u64,
     /// KVM_RUN returns that were interrupted (EINTR) and retried.
     pub interrupted: u64,
+    /// Forward-progress kicks of a vCPU that ran 20 ms of host time without an exit.
+    #[serde(default)]
+    pub kicks: u64,
+    /// Kicks that moved virtual time to a pending timer deadline: determinism holes.
+    #[serde(default)]
+    pub kick_time_jumps: u64,
+    /// Interrupts injected.
+    #[serde(default)]
+    pub interrupts: u64,
 }
 
 impl ExitCounts {

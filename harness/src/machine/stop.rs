@@ -133,6 +133,11 @@ pub enum StopReason {
         /// Registers at the error.
         regs: RegisterDump,
     },
+    /// A determinism hole under `--strict` (a host-timed kick).
+    DeterminismHole {
+        /// What happened.
+        what: String,
+    },
     /// An exit lunavm does not handle.
     UnexpectedExit {
         /// What it was.
@@ -203,6 +208,9 @@ impl StopReason {
                 format!("KVM internal error (suberror {suberror})")
             }
             StopReason::UnexpectedExit { exit } => format!("unexpected exit: {exit}"),
+            StopReason::DeterminismHole { what } => {
+                format!("determinism hole under --strict: {what}")
+            }
         }
     }
 
