@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 use lunavm::exit_code;
 use lunavm::launch::{self, KernelSource, RunOptions};
-use lunavm::machine::{MachineConfig, StopCondition};
+use lunavm::machine::{IrqchipMode, MachineConfig, StopCondition};
 use lunavm::script::runner;
 use lunavm::vm::cpuid::CpuProfile;
 use lunavm::{entropy, guests, layout, units};
@@ -134,6 +134,18 @@ struct RunArgs {
     /// Treat determinism holes (host-timed kicks of a guest spinning without exits) as errors.
     #[arg(long)]
     strict: bool,
+    /// Interrupt controllers and PIT: userspace (deterministic, on virtual time) or
+    /// kernel (KVM's, faster, host-timed: not deterministic).
+    #[arg(long, value_name = "MODE", default_value = "userspace")]
+    irqchip: IrqchipMode,
+    /// The CMOS clock's date at virtual time zero: Unix seconds or YYYY-MM-DD[THH:MM:SS] (UTC).
+    #[arg(long, value_name = "DATE", default_value = "2025-01-01", value_parser = parse_date)]
+    rtc_start: i64,
+}
+
+/// Parses `--rtc-start`.
+fn parse_date(s: &str) -> Result<i64, String> {
+    units::parse_date(s).map_err(|e| e.to_string())
 }
 
 fn exit_codes_help() -> String {
@@ -270,6 +282,8 @@ fn cmd_run(args: RunArgs) -> u8 {
             echo_ucall_prints: !args.quiet,
             trace_exits: args.repeat.is_some(),
             strict: args.strict,
+            irqchip: args.irqchip,
+            rtc_start: args.rtc_start,
         },
         stop: StopCondition {
             max_exits: args.max_exits,

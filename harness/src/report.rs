@@ -161,6 +161,13 @@ impl RunReport {
             e.emulation_failure,
             format_ns(self.virtual_time_ns)
         );
+        if e.interrupts > 0 || e.kicks > 0 {
+            let _ = writeln!(
+                s,
+                "  platform   interrupts injected {}; kicks {} ({} moved virtual time: determinism holes)",
+                e.interrupts, e.kicks, e.kick_time_jumps
+            );
+        }
         let (p, m) = (self.unclaimed_pio, self.unclaimed_mmio);
         if p.reads + p.writes + m.reads + m.writes > 0 {
             let _ = writeln!(

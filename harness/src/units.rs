@@ -51,6 +51,45 @@ pub fn parse_duration(s: &str) -> Result<u64, UnitError> {
         .ok_or_else(|| UnitError::TooLarge(s.to_string()))
 }
 
+/// Days since 1970-01-01 of a proleptic Gregorian date.
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Parses a date for the RTC: Unix seconds, `YYYY-MM-DD` or
+/// `YYYY-MM-DDTHH:MM:SS` (UTC).
+pub fn parse_date(s: &str) -> Result<i64, UnitError> {
+    let t = s.trim();
+    let bad = || {
+        UnitError::Malformed(
+            s.to_string(),
+            "date",
+            "1735689600, 2025-01-01, 2025-01-01T12:00:00",
+        )
+    };
+    if let Ok(secs) = t.parse::<i64>() {
+        return Ok(secs);
+    }
+    let (date, time) = t.split_once('T').unwrap_or((t, "00:00:00"));
+    let num = |v: &str| v.parse::<i64>().map_err(|_| bad());
+    let d: Vec<&str> = date.split('-').collect();
+    let h: Vec<&str> = time.split(':').collect();
+    let ([y, mo, da], [hh, mi, se]) = (d.as_slice(), h.as_slice()) else {
+        return Err(bad());
+    };
+    let (y, mo, da, hh, mi, se) = (num(y)?, num(mo)?, num(da)?, num(hh)?, num(mi)?, num(se)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&da) || hh > 23 || mi > 59 || se > 59 {
+        return Err(bad());
+    }
+    Ok(days_from_civil(y, mo, da) * 86_400 + hh * 3600 + mi * 60 + se)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -62,6 +101,16 @@ mod tests {
         assert_eq!(parse_size("1000").unwrap(), 1000);
         assert!(parse_size("12X").is_err());
         assert!(parse_size("99999999999G").is_err());
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(parse_date("2025-01-01").unwrap(), 1_735_689_600);
+        assert_eq!(parse_date("1970-01-01T00:00:01").unwrap(), 1);
+        assert_eq!(parse_date("2024-02-29T12:00:00").unwrap(), 1_709_208_000);
+        assert_eq!(parse_date("42").unwrap(), 42);
+        assert!(parse_date("2025-13-01").is_err());
+        assert!(parse_date("yesterday").is_err());
     }
 
     #[test]

@@ -2,8 +2,11 @@
 
 pub mod bus;
 pub mod debug_exit;
+pub mod pic;
+pub mod pit;
 pub mod placeholder;
 pub mod post_code;
+pub mod rtc;
 pub mod serial;
 
 pub use bus::{Bus, BusDevice, DeviceEvent};

@@ -6,6 +6,7 @@ pub mod cpu;
 pub mod debug;
 pub mod intercept;
 pub mod kick;
+pub mod platform;
 mod run;
 pub mod stats;
 pub mod stop;
@@ -50,6 +51,34 @@ pub struct MachineConfig {
     pub trace_exits: bool,
     /// Treat determinism holes (kicks) as errors.
     pub strict: bool,
+    /// Where the interrupt controllers and the PIT live.
+    pub irqchip: IrqchipMode,
+    /// The RTC's date at virtual time zero (Unix seconds).
+    pub rtc_start: i64,
+}
+
+/// Where the PIC, PIT (and IOAPIC/LAPIC) are emulated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IrqchipMode {
+    /// In the VMM, on virtual time: deterministic (the default).
+    Userspace,
+    /// KVM's in-kernel irqchip and PIT: faster, driven by host time, not
+    /// deterministic.
+    Kernel,
+}
+
+impl std::str::FromStr for IrqchipMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "userspace" => Ok(IrqchipMode::Userspace),
+            "kernel" => Ok(IrqchipMode::Kernel),
+            other => Err(format!(
+                "unknown irqchip mode '{other}': use userspace or kernel"
+            )),
+        }
+    }
 }
 
 impl Default for MachineConfig {
@@ -63,6 +92,8 @@ impl Default for MachineConfig {
             echo_ucall_prints: false,
             trace_exits: false,
             strict: false,
+            irqchip: IrqchipMode::Userspace,
+            rtc_start: crate::devices::rtc::DEFAULT_START,
         }
     }
 }
@@ -120,6 +151,9 @@ pub enum MachineError {
     /// The debug registers are all taken.
     #[error(transparent)]
     DebugRegs(#[from] debug::DebugRegError),
+    /// KVM refused an interrupt.
+    #[error("KVM refused to inject interrupt vector {0:#x}")]
+    Inject(u8, #[source] std::io::Error),
     /// No guest read is waiting for a value.
     #[error("No intercepted guest read is waiting for a value")]
     NoPendingRead,
@@ -160,6 +194,10 @@ pub struct Machine {
     pub(crate) kicker: kick::Kicker,
     /// The exit trace, when `config.trace_exits`.
     pub(crate) trace: Vec<trace::ExitRecord>,
+    /// The platform devices (only the RTC with the in-kernel irqchip).
+    pub(crate) platform: platform::Platform,
+    /// The absolute virtual time the current run call must stop at.
+    pub(crate) run_time_limit: Option<u64>,
 }
 
 /// The current vCPU's registers as last read or written, until it runs again.
@@ -180,6 +218,18 @@ impl Machine {
     /// Creates the VM, its vCPU and devices, and measures the effective CPUID.
     pub fn new(config: MachineConfig) -> Result<Machine, MachineError> {
         let vm = Vm::new(config.mem_size)?;
+        if config.irqchip == IrqchipMode::Kernel {
+            vm.fd
+                .create_irq_chip()
+                .map_err(VmError::kvm("create the in-kernel irqchip"))?;
+            let pit = kvm_bindings::kvm_pit_config {
+                flags: kvm_bindings::KVM_PIT_SPEAKER_DUMMY,
+                ..Default::default()
+            };
+            vm.fd
+                .create_pit2(pit)
+                .map_err(VmError::kvm("create the in-kernel PIT"))?;
+        }
         let requested_cpuid = cpuid::build(&vm.kvm, config.cpu).map_err(VmError::from)?;
         let mut vcpu = vm.create_vcpu(0, &requested_cpuid)?;
         let effective_cpuid = cpu_probe::probe(&mut vcpu, &vm.mem)?;
@@ -198,6 +248,9 @@ impl Machine {
             Arc::new(Mutex::new(DebugExit::new())),
         )?;
         pio_bus.insert(u64::from(devices::POST_CODE_PORT), 1, post_code.clone())?;
+        let platform =
+            platform::Platform::new(config.rtc_start, config.irqchip == IrqchipMode::Userspace);
+        platform.install(&mut pio_bus)?;
 
         let completer = Completer::new(config.no_complete.clone(), config.seed);
         Ok(Machine {
@@ -224,6 +277,8 @@ impl Machine {
             msr_indices: None,
             kicker: kick::Kicker::start(),
             trace: Vec::new(),
+            platform,
+            run_time_limit: None,
         })
     }
 

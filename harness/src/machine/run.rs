@@ -4,6 +4,7 @@ use kvm_bindings::KVM_INTERNAL_ERROR_EMULATION;
 use kvm_ioctls::VcpuExit;
 
 use super::intercept::{le_value, Access, Space};
+use super::platform::Platform;
 use super::trace::ExitKind;
 use super::{Machine, MachineError, StopCondition, StopReason};
 use crate::clock::Charge;
@@ -97,12 +98,77 @@ impl Machine {
 
     /// The virtual time of the next timer event, if any timer is armed.
     pub(crate) fn next_timer_deadline(&self) -> Option<u64> {
-        None
+        self.platform.next_deadline()
+    }
+
+    /// Before entering the guest: bring the timers up to date when a deadline
+    /// has passed, and inject the PIC's interrupt if the guest can take it now,
+    /// else ask KVM for an exit as soon as it can (an interrupt window).
+    fn prepare_entry(&mut self) -> Result<(), MachineError> {
+        let now = self.clock.now_ns();
+        if self.platform.next_deadline().is_some_and(|d| d <= now) {
+            self.platform.sync(now);
+        }
+        let pending = self.platform.pending();
+        let vcpu = &mut self.vcpus[self.current];
+        let run = vcpu.get_kvm_run();
+        let can_take = run.ready_for_interrupt_injection != 0 && run.if_flag != 0;
+        run.request_interrupt_window = u8::from(pending && !can_take);
+        if pending && can_take {
+            if let Some(vector) = self.platform.acknowledge() {
+                crate::vm::irq::inject(vcpu, vector)
+                    .map_err(|e| MachineError::Inject(vector, e))?;
+                self.exits.interrupts += 1;
+                self.record(ExitKind::Interrupt, 0, u64::from(vector));
+                // Another request may be waiting behind this one.
+                let more = self.platform.pending();
+                self.vcpus[self.current]
+                    .get_kvm_run()
+                    .request_interrupt_window = u8::from(more);
+            }
+        }
+        Ok(())
+    }
+
+    /// Brings the platform devices to the current virtual time around an
+    /// access to their ports.
+    fn sync_platform_port(&mut self, port: u16) {
+        if Platform::decodes(port) {
+            self.platform.sync(self.clock.now_ns());
+        }
+    }
+
+    /// A HLT with interrupts enabled waits for the next interrupt: virtual time
+    /// jumps to the next timer deadline (not past the run's time limit).
+    /// Returns None to keep running, or the stop when nothing can wake it.
+    fn halted(&mut self) -> Result<Option<StopReason>, MachineError> {
+        let regs = self.regs()?;
+        let interrupts_enabled = regs.rflags & (1 << 9) != 0;
+        if interrupts_enabled {
+            if self.platform.pending() {
+                return Ok(None);
+            }
+            if let Some(deadline) = self.platform.next_deadline() {
+                let now = self.clock.now_ns();
+                let target = self
+                    .run_time_limit
+                    .map_or(deadline, |l| deadline.min(l))
+                    .max(now);
+                self.clock.advance(target - now);
+                self.platform.sync(target);
+                return Ok(None);
+            }
+        }
+        Ok(Some(StopReason::Halted {
+            rip: regs.rip,
+            interrupts_enabled,
+        }))
     }
 
     fn run_inner(&mut self, cond: &StopCondition) -> Result<StopReason, MachineError> {
         let start_exits = self.clock.guest_exits();
         let start_ns = self.clock.now_ns();
+        self.run_time_limit = cond.max_time_ns.map(|m| start_ns.saturating_add(m));
         if let Some(stop) = self.check_serial(cond) {
             return Ok(stop);
         }
@@ -128,6 +194,7 @@ impl Machine {
             }
 
             self.current = self.schedule();
+            self.prepare_entry()?;
             self.reg_cache.invalidate();
             let vcpu = &mut self.vcpus[self.current];
             let pending = match vcpu.run() {
@@ -144,6 +211,9 @@ impl Machine {
                 Ok(VcpuExit::IoIn(port, data)) => {
                     self.exits.pio_in += 1;
                     self.clock.charge(Charge::Pio);
+                    if Platform::decodes(port) {
+                        self.platform.sync(self.clock.now_ns());
+                    }
                     self.pio_bus.read(u64::from(port), data);
                     if self.config.trace_exits {
                         let time_ns = self.clock.now_ns();
@@ -199,6 +269,8 @@ impl Machine {
                     Pending::MmioWrite { addr, data, len }
                 }
                 Ok(VcpuExit::Hlt) => Pending::Halt,
+                // Our own request: the guest can take the pending interrupt now.
+                Ok(VcpuExit::IrqWindowOpen) => Pending::None,
                 Ok(VcpuExit::Shutdown) => Pending::Shutdown,
                 Ok(VcpuExit::Debug(arch)) => Pending::Debug { pc: arch.pc },
                 Ok(VcpuExit::InternalError) => {
@@ -240,7 +312,11 @@ impl Machine {
                 self.clock.charge(Charge::Pio);
                 let addr = u64::from(port);
                 self.record(ExitKind::PioOut, addr, le_value(&data[..len]));
-                if let Some(stop) = self.pio_bus.write(addr, &data[..len]).map(device_stop) {
+                self.sync_platform_port(port);
+                let event = self.pio_bus.write(addr, &data[..len]);
+                // A write may reprogram a timer or acknowledge an interrupt.
+                self.sync_platform_port(port);
+                if let Some(stop) = event.map(device_stop) {
                     return Ok(Some(stop));
                 }
                 if self.intercepts.matches(Space::Pio, addr, true) {
@@ -287,11 +363,7 @@ impl Machine {
             Pending::Halt => {
                 self.exits.hlt += 1;
                 self.record(ExitKind::Hlt, 0, 0);
-                let regs = self.regs()?;
-                Some(StopReason::Halted {
-                    rip: regs.rip,
-                    interrupts_enabled: regs.rflags & (1 << 9) != 0,
-                })
+                self.halted()?
             }
             Pending::Shutdown => Some(StopReason::Shutdown { regs: self.dump()? }),
             Pending::Debug { pc } => {

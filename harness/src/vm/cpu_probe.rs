@@ -2,7 +2,7 @@
 //!
 //! Reading back what KVM_SET_CPUID2 was given proves nothing: on some hosts
 //! (software-nested KVM) kernel-mode CPUID still returns the host's bits for
-//! leaves 1, 7 and 0xD. Before the kernel is loaded, the vCPU runs `cpuid; hlt`
+//! leaves 1, 7 and 0xD. Before the kernel is loaded, the vCPU runs `cpuid; out 0x80, al`
 //! in real mode at CPL0 from a scratch page once per probed leaf.
 
 use std::collections::BTreeMap;
@@ -14,8 +14,9 @@ use super::cpuid::{self, Feature, REPORTED_FEATURES};
 use super::memory::{self, GuestMem};
 use crate::layout::CPU_PROBE_ADDR;
 
-/// `cpuid; hlt`.
-const PROBE_CODE: [u8; 3] = [0x0f, 0xa2, 0xf4];
+/// `cpuid; out 0x80, al` — a port exit works with and without an in-kernel
+/// irqchip (with one, HLT never reaches the VMM).
+const PROBE_CODE: [u8; 4] = [0x0f, 0xa2, 0xe6, 0x80];
 
 /// Errors of probing CPUID in the guest.
 #[derive(Debug, thiserror::Error)]
@@ -29,7 +30,7 @@ pub enum ProbeError {
         #[source]
         source: kvm_ioctls::Error,
     },
-    /// The probe code did not reach its `hlt`.
+    /// The probe code did not reach its port exit.
     #[error("CPUID probe of leaf {leaf:#x} stopped with an unexpected exit: {exit}")]
     UnexpectedExit {
         /// The leaf being probed.
@@ -127,7 +128,7 @@ pub fn probe(vcpu: &mut VcpuFd, mem: &GuestMem) -> Result<EffectiveCpuid, ProbeE
         };
         vcpu.set_regs(&regs).map_err(kvm("set registers"))?;
         match vcpu.run() {
-            Ok(VcpuExit::Hlt) => {}
+            Ok(VcpuExit::IoOut(0x80, _)) => {}
             Ok(other) => {
                 return Err(ProbeError::UnexpectedExit {
                     leaf,

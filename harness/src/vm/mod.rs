@@ -5,6 +5,7 @@ pub mod access;
 pub mod cpu_probe;
 pub mod cpuid;
 pub mod dirty;
+pub mod irq;
 pub mod memory;
 pub mod paging;
 pub mod regs;
