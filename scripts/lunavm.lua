@@ -702,8 +702,8 @@ function t.result(name, status, message) end
 -- ---------------------------------------------------------------------------
 
 ---Budgets of a test file (`lunavm test`): `time` (virtual time, default 10s)
----and `wall` (default 60s), and per test an entry named after it. (A plain
----number for `wall` is whole seconds, for `time` nanoseconds: prefer strings.)
+---and `wall` (default 60s), and per test an entry named after it. (Plain
+---numbers are nanoseconds for both; prefer strings.)
 ---
 ---Example: `budget = { time = "2s", wall = "30s", test_slow = { wall = "120s" } }`
 ---@type table<string, lunavm.Duration|{time?: lunavm.Duration, wall?: lunavm.Duration}>?

@@ -1,7 +1,9 @@
 //! Execution breakpoints through the debug registers, from one allocator shared
 //! by every front end (scripts now, gdb later).
 
-use kvm_bindings::{kvm_guest_debug, KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_USE_HW_BP};
+use kvm_bindings::{
+    kvm_guest_debug, KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP,
+};
 
 use super::{Machine, MachineError};
 
@@ -104,6 +106,29 @@ impl Machine {
     /// The allocator, for front ends that show it.
     pub fn debug_regs(&self) -> &DebugRegs {
         &self.debug_regs
+    }
+
+    /// Arms a single step with every breakpoint off, to step over the
+    /// instruction a breakpoint stopped at (RFLAGS.RF is not honoured by every
+    /// KVM). The next exit, whatever it is, re-arms the breakpoints.
+    pub(crate) fn arm_step_over(&mut self) -> Result<(), MachineError> {
+        let dbg = kvm_guest_debug {
+            control: KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP,
+            ..Default::default()
+        };
+        for vcpu in &self.vcpus {
+            vcpu.set_guest_debug(&dbg)
+                .map_err(|source| MachineError::Kvm {
+                    what: "single-step over a breakpoint",
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Puts the breakpoints back after a step over.
+    pub(crate) fn disarm_step_over(&mut self) -> Result<(), MachineError> {
+        self.apply_debug_regs()
     }
 
     fn apply_debug_regs(&mut self) -> Result<(), MachineError> {

@@ -180,9 +180,11 @@ pub struct Machine {
     pub(crate) kernel: Option<LoadedKernel>,
     pub(crate) intercepts: intercept::Intercepts,
     pub(crate) debug_regs: debug::DebugRegs,
-    /// The last stop was a breakpoint: set RFLAGS.RF before re-entering so the
-    /// instruction runs instead of hitting the breakpoint again.
+    /// The last stop was a breakpoint: step over its instruction (with the
+    /// breakpoints off) before running on.
     pub(crate) resume_over_breakpoint: bool,
+    /// A single step over a breakpoint is armed (breakpoints off).
+    pub(crate) step_over_armed: bool,
     /// Registers read since the vCPU last ran (KVM calls are slow on nested hosts).
     pub(crate) reg_cache: RegCache,
     /// The snapshot the guest memory derives from (restores of it copy only
@@ -272,6 +274,7 @@ impl Machine {
             intercepts: intercept::Intercepts::default(),
             debug_regs: debug::DebugRegs::default(),
             resume_over_breakpoint: false,
+            step_over_armed: false,
             reg_cache: RegCache::default(),
             snapshot_base: None,
             msr_indices: None,

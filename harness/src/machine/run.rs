@@ -14,9 +14,6 @@ use crate::ucall::{self, Command, UCALL_STRUCT_SIZE};
 use crate::vm::access;
 use crate::vm::regs::{code_bitness, linear_rip, paging_regs, RegisterDump};
 
-/// RFLAGS.RF: resume without hitting an instruction breakpoint again.
-const RFLAGS_RF: u64 = 1 << 16;
-
 /// What an exit left to do after the vCPU borrow ends.
 enum Pending {
     None,
@@ -172,17 +169,29 @@ impl Machine {
         if let Some(stop) = self.check_serial(cond) {
             return Ok(stop);
         }
+        // Step over the instruction a breakpoint stopped at: one single step
+        // with the breakpoints off; the exit it ends with re-arms them.
         if self.resume_over_breakpoint {
             self.resume_over_breakpoint = false;
-            let mut regs = self.regs()?;
-            regs.rflags |= RFLAGS_RF;
-            self.vcpu()
-                .set_regs(&regs)
-                .map_err(|source| MachineError::Kvm {
-                    what: "set registers",
-                    source,
-                })?;
+            self.arm_step_over()?;
+            self.step_over_armed = true;
         }
+        let result = self.run_loop(cond, start_exits, start_ns);
+        if self.step_over_armed {
+            // Stopped before entering the guest: step over next time.
+            self.step_over_armed = false;
+            self.disarm_step_over()?;
+            self.resume_over_breakpoint = true;
+        }
+        result
+    }
+
+    fn run_loop(
+        &mut self,
+        cond: &StopCondition,
+        start_exits: u64,
+        start_ns: u64,
+    ) -> Result<StopReason, MachineError> {
         loop {
             let exits = self.clock.guest_exits() - start_exits;
             if cond.max_exits.is_some_and(|m| exits >= m) {
@@ -294,6 +303,18 @@ impl Machine {
             };
 
             self.kicker.progress();
+            let pending = if self.step_over_armed {
+                self.step_over_armed = false;
+                self.disarm_step_over()?;
+                // The step's own debug exit is ours: swallow it.
+                if matches!(pending, Pending::Debug { .. }) {
+                    Pending::None
+                } else {
+                    pending
+                }
+            } else {
+                pending
+            };
             if let Some(stop) = self.finish_exit(pending, cond)? {
                 return Ok(stop);
             }

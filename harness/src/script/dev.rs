@@ -104,6 +104,20 @@ fn add_device(st: &Shared, space: Space, spec: Table) -> ApiResult<Handle> {
     if space == Space::Pio && base.checked_add(size).is_none_or(|end| end > 0x1_0000) {
         return Err(format!("ports {base:#x}+{size:#x} are outside 0..=0xffff").into());
     }
+    if space == Space::Mmio {
+        let mem_size = st.borrow_mut().machine()?.config().mem_size;
+        let end = base.checked_add(size).ok_or("the MMIO range overflows")?;
+        if crate::layout::ram_ranges(mem_size)
+            .iter()
+            .any(|&(s, len)| base < s + len && s < end)
+        {
+            return Err(format!(
+                "MMIO range {base:#x}..{end:#x} overlaps guest RAM: the guest's accesses there go to RAM, not to a device \
+                 (use the MMIO hole, 0xc0000000-0xffffffff)"
+            )
+            .into());
+        }
+    }
     let read: Option<Function> = spec.get("read").map_err(|_| "read= must be a function")?;
     let write: Option<Function> = spec.get("write").map_err(|_| "write= must be a function")?;
     let save: Option<Function> = spec.get("save").map_err(|_| "save= must be a function")?;

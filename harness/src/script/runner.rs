@@ -180,7 +180,7 @@ fn budget_of(t: &mlua::Table, vtime: &mut u64, wall: &mut Duration) -> Result<()
                 )
             }
             Value::Integer(n) => {
-                *wall = Duration::from_secs(u64::try_from(n).map_err(|_| "wall must be >= 0")?)
+                *wall = Duration::from_nanos(u64::try_from(n).map_err(|_| "wall must be >= 0")?)
             }
             other => {
                 return Err(format!(
@@ -315,11 +315,13 @@ pub fn run_in_process(file: &Path, job: &WorkerJob, vtime_ns: u64, seed: u64) ->
         }
     }
     let session = scenario.session();
+    // A recorded t.fail/t.skip decides the verdict only if it is what ended
+    // the test (a caught one followed by another error does not).
     let (status, message) = match (&result, &session.outcome) {
         (Ok(()), _) => (Status::Pass, String::new()),
-        (Err(_), Some(Outcome::Fail(m))) => (Status::Fail, m.clone()),
-        (Err(_), Some(Outcome::Skip(m))) => (Status::Skip, m.clone()),
-        (Err(e), None) => (Status::Error, describe(e)),
+        (Err(e), Some(Outcome::Fail(m))) if describe(e) == *m => (Status::Fail, m.clone()),
+        (Err(e), Some(Outcome::Skip(m))) if describe(e) == *m => (Status::Skip, m.clone()),
+        (Err(e), _) => (Status::Error, describe(e)),
     };
     WorkerReport {
         status,
