@@ -48,6 +48,9 @@ fn restoring_from_a_file_in_a_new_process_ends_like_the_uninterrupted_run() {
         ("scribble", "rounds=8", "300"),
         ("exits", "count=3000", "1500"),
         ("ucall", "", "20"),
+        // Mid-way through timer interrupts: PIC, PIT and virtual time restored.
+        ("timer", "k=1", "5000"),
+        ("timer", "mode=hlt ticks=10", "40"),
     ] {
         let (full_run, full) = full_and_saved(guest, cmdline, exits, snap_s);
         let (rest_run, rest) = run_report(&["run", "--restore", snap_s, "--verify-restore"]);
@@ -225,4 +228,29 @@ fn setup_once_boots_once_and_every_test_starts_from_its_machine() {
         "{}",
         run.stdout
     );
+}
+
+#[test]
+fn in_kernel_irqchip_state_is_snapshotted_too() {
+    let (dir, _) = temp_file("unused", b"");
+    let snap = dir.path().join("kernel.snap");
+    let snap_s = snap.to_str().unwrap();
+    let (mid, _) = run_report(&[
+        "run",
+        "--guest",
+        "timer",
+        "--cmdline",
+        "mode=hlt ticks=5",
+        "--irqchip",
+        "kernel",
+        "--max-exits",
+        "30",
+        "--save",
+        snap_s,
+    ]);
+    assert_eq!(mid.code, Some(73), "{}", mid.stderr);
+    let (rest, report) = run_report(&["run", "--restore", snap_s]);
+    assert_eq!(rest.code, Some(0), "{}", rest.stderr);
+    assert_eq!(report["stop"]["kind"], "guest_exit");
+    assert!(rest.stdout.contains("via hlt"), "{}", rest.stdout);
 }

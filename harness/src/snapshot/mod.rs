@@ -102,6 +102,20 @@ pub struct MachineState {
     pub completions: BTreeMap<Entry, u64>,
     /// The entropy stream.
     pub entropy: Entropy,
+    /// In-kernel VM state, with `--irqchip kernel`.
+    #[serde(default)]
+    pub kernel_irqchip: Option<KernelIrqchip>,
+}
+
+/// KVM's in-kernel interrupt controllers, PIT and clock.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct KernelIrqchip {
+    /// PIC master, PIC slave, IOAPIC.
+    pub chips: Vec<kvm_bindings::kvm_irqchip>,
+    /// The PIT.
+    pub pit: kvm_bindings::kvm_pit_state2,
+    /// kvmclock.
+    pub clock: kvm_bindings::kvm_clock_data,
 }
 
 /// A snapshot held in memory.
@@ -172,7 +186,11 @@ impl Machine {
             self.msr_indices = Some(vcpu::saveable_msrs(&self.vm.kvm, &self.vcpus[0])?);
         }
         let msrs = self.msr_indices.as_deref().unwrap_or(&[]);
-        self.vcpus.iter().map(|v| vcpu::save(v, msrs)).collect()
+        let in_kernel = self.config.irqchip == crate::machine::IrqchipMode::Kernel;
+        self.vcpus
+            .iter()
+            .map(|v| vcpu::save(v, msrs, in_kernel))
+            .collect()
     }
 
     /// The machine's state without memory.
@@ -199,7 +217,60 @@ impl Machine {
             ucalls: self.ucalls.clone(),
             completions,
             entropy,
+            kernel_irqchip: self.save_kernel_irqchip().map_err(boxed)?,
         })
+    }
+
+    fn save_kernel_irqchip(&self) -> Result<Option<KernelIrqchip>, SnapshotError> {
+        if self.config.irqchip != crate::machine::IrqchipMode::Kernel {
+            return Ok(None);
+        }
+        let kvm = |what| move |source| SnapshotError::Kvm { what, source };
+        let mut chips = Vec::new();
+        for chip_id in [
+            kvm_bindings::KVM_IRQCHIP_PIC_MASTER,
+            kvm_bindings::KVM_IRQCHIP_PIC_SLAVE,
+            kvm_bindings::KVM_IRQCHIP_IOAPIC,
+        ] {
+            let mut chip = kvm_bindings::kvm_irqchip {
+                chip_id,
+                ..Default::default()
+            };
+            self.vm
+                .fd
+                .get_irqchip(&mut chip)
+                .map_err(kvm("read the in-kernel irqchip"))?;
+            chips.push(chip);
+        }
+        let pit = self
+            .vm
+            .fd
+            .get_pit2()
+            .map_err(kvm("read the in-kernel PIT"))?;
+        let clock = self.vm.fd.get_clock().map_err(kvm("read the VM clock"))?;
+        Ok(Some(KernelIrqchip { chips, pit, clock }))
+    }
+
+    fn restore_kernel_irqchip(&self, k: &KernelIrqchip) -> Result<(), SnapshotError> {
+        let kvm = |what| move |source| SnapshotError::Kvm { what, source };
+        for chip in &k.chips {
+            self.vm
+                .fd
+                .set_irqchip(chip)
+                .map_err(kvm("set the in-kernel irqchip"))?;
+        }
+        self.vm
+            .fd
+            .set_pit2(&k.pit)
+            .map_err(kvm("set the in-kernel PIT"))?;
+        let mut clock = k.clock;
+        // The clock's flags are host-side information KVM does not take back.
+        clock.flags = 0;
+        self.vm
+            .fd
+            .set_clock(&clock)
+            .map_err(kvm("set the VM clock"))?;
+        Ok(())
     }
 
     /// Takes a snapshot. Later restores of it copy only the pages written
@@ -287,6 +358,15 @@ impl Machine {
             // Copying back is not a change to track.
             region.get_mmap().bitmap().reset();
         }
+        let in_kernel = self.config.irqchip == crate::machine::IrqchipMode::Kernel;
+        if st.kernel_irqchip.is_some() != in_kernel {
+            return Err(SnapshotError::Mismatch(
+                "the snapshot and the machine use different irqchip modes (--irqchip)".into(),
+            ));
+        }
+        if let Some(k) = &st.kernel_irqchip {
+            self.restore_kernel_irqchip(k)?;
+        }
         for (v, s) in self.vcpus.iter().zip(&st.vcpus) {
             vcpu::restore(v, s)?;
         }
@@ -300,6 +380,8 @@ impl Machine {
         self.kernel = st.kernel.clone();
         self.reg_cache.invalidate();
         self.resume_over_breakpoint = false;
+        // The timers' cached deadline follows their restored state.
+        self.platform.sync(self.clock.now_ns());
         self.snapshot_base = Some(snap.id);
         Ok(stats)
     }
@@ -371,6 +453,11 @@ impl Machine {
         mut config: crate::machine::MachineConfig,
     ) -> Result<Machine, crate::machine::MachineError> {
         config.mem_size = snap.state.mem_size;
+        config.irqchip = if snap.state.kernel_irqchip.is_some() {
+            crate::machine::IrqchipMode::Kernel
+        } else {
+            crate::machine::IrqchipMode::Userspace
+        };
         config.cpu = snap.state.cpu;
         config.seed = snap.state.seed;
         let mut m = Machine::new(config)?;

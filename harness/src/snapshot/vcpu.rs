@@ -28,6 +28,9 @@ pub struct VcpuState {
     pub msrs: Vec<kvm_msr_entry>,
     /// Pending exceptions, interrupts, NMIs, the interrupt shadow.
     pub events: kvm_vcpu_events,
+    /// The local APIC, with the in-kernel irqchip.
+    #[serde(default)]
+    pub lapic: Option<kvm_bindings::kvm_lapic_state>,
 }
 
 fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> SnapshotError {
@@ -66,15 +69,24 @@ pub fn saveable_msrs(kvm_fd: &Kvm, vcpu: &VcpuFd) -> Result<Vec<u32>, SnapshotEr
     Ok(good)
 }
 
-/// Saves a vCPU: mp_state, regs, sregs, xsave, xcrs, debugregs, msrs, then
-/// events last (Firecracker's order).
-pub fn save(vcpu: &VcpuFd, msr_indices: &[u32]) -> Result<VcpuState, SnapshotError> {
+/// Saves a vCPU: mp_state, regs, sregs, xsave, xcrs, debugregs, lapic (with
+/// the in-kernel irqchip), msrs, then events last (Firecracker's order).
+pub fn save(
+    vcpu: &VcpuFd,
+    msr_indices: &[u32],
+    in_kernel_irqchip: bool,
+) -> Result<VcpuState, SnapshotError> {
     let mp_state = vcpu.get_mp_state().map_err(kvm("read the MP state"))?;
     let regs = vcpu.get_regs().map_err(kvm("read registers"))?;
     let sregs = vcpu.get_sregs().map_err(kvm("read special registers"))?;
     let xsave = vcpu.get_xsave().map_err(kvm("read the XSAVE area"))?;
     let xcrs = vcpu.get_xcrs().map_err(kvm("read XCRs"))?;
     let debugregs = vcpu.get_debug_regs().map_err(kvm("read debug registers"))?;
+    let lapic = if in_kernel_irqchip {
+        Some(vcpu.get_lapic().map_err(kvm("read the local APIC"))?)
+    } else {
+        None
+    };
     let entries: Vec<kvm_msr_entry> = msr_indices
         .iter()
         .map(|&index| kvm_msr_entry {
@@ -97,6 +109,7 @@ pub fn save(vcpu: &VcpuFd, msr_indices: &[u32]) -> Result<VcpuState, SnapshotErr
         debugregs,
         msrs: msrs.as_slice().to_vec(),
         events,
+        lapic,
     })
 }
 
@@ -114,6 +127,9 @@ pub fn restore(vcpu: &VcpuFd, st: &VcpuState) -> Result<(), SnapshotError> {
     vcpu.set_xcrs(&st.xcrs).map_err(kvm("set XCRs"))?;
     vcpu.set_debug_regs(&st.debugregs)
         .map_err(kvm("set debug registers"))?;
+    if let Some(lapic) = &st.lapic {
+        vcpu.set_lapic(lapic).map_err(kvm("set the local APIC"))?;
+    }
     let msrs = Msrs::from_entries(&st.msrs).map_err(|_| SnapshotError::TooManyMsrs)?;
     let n = vcpu.set_msrs(&msrs).map_err(kvm("set MSRs"))?;
     if n != st.msrs.len() {
