@@ -27,14 +27,25 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// Interrupts per host second for one run of `timer mode=hlt ticks=T hz=H`.
 fn run(irqchip: IrqchipMode, ticks: u64, hz: u64) -> f64 {
     let elf = lunavm::guests::find("timer").expect("the timer guest").elf;
-    let mut m = Machine::new(MachineConfig { irqchip, ..MachineConfig::default() }).expect("a machine");
-    m.load_kernel(elf, &format!("mode=hlt ticks={ticks} hz={hz}"), &[]).expect("load");
+    let mut m = Machine::new(MachineConfig {
+        irqchip,
+        ..MachineConfig::default()
+    })
+    .expect("a machine");
+    m.load_kernel(elf, &format!("mode=hlt ticks={ticks} hz={hz}"), &[])
+        .expect("load");
     let start = Instant::now();
     let stop = m.run(&StopCondition::default()).expect("run");
     let secs = start.elapsed().as_secs_f64();
-    assert!(matches!(stop, StopReason::GuestExit { value: 0 }), "timer guest stopped: {stop:?}");
+    assert!(
+        matches!(stop, StopReason::GuestExit { value: 0 }),
+        "timer guest stopped: {stop:?}"
+    );
     let out = String::from_utf8_lossy(&m.serial_output()).into_owned();
-    assert!(out.contains(&format!("timer: {ticks} ticks via hlt")), "{out}");
+    assert!(
+        out.contains(&format!("timer: {ticks} ticks via hlt")),
+        "{out}"
+    );
     ticks as f64 / secs
 }
 
@@ -49,12 +60,25 @@ fn main() {
                 .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
         })
         .unwrap_or_default();
-    println!("lunavm platform benchmark ({}), CPU: {cpu}", if quick { "quick" } else { "full" });
-    println!("timer guest, mode=hlt, {ticks} ticks, median of {reps} runs (interrupts per host second)");
+    println!(
+        "lunavm platform benchmark ({}), CPU: {cpu}",
+        if quick { "quick" } else { "full" }
+    );
+    println!(
+        "timer guest, mode=hlt, {ticks} ticks, median of {reps} runs (interrupts per host second)"
+    );
     let mut rows = Vec::new();
     for hz in [1000u64, 10_000] {
-        let user = median((0..reps).map(|_| run(IrqchipMode::Userspace, ticks, hz)).collect());
-        let kernel = median((0..reps).map(|_| run(IrqchipMode::Kernel, ticks, hz)).collect());
+        let user = median(
+            (0..reps)
+                .map(|_| run(IrqchipMode::Userspace, ticks, hz))
+                .collect(),
+        );
+        let kernel = median(
+            (0..reps)
+                .map(|_| run(IrqchipMode::Kernel, ticks, hz))
+                .collect(),
+        );
         println!(
             "  hz={hz:<6} userspace PIC/PIT {user:>10.0} /s   in-kernel irqchip {kernel:>10.0} /s   ratio {:.2}",
             user / kernel
@@ -62,8 +86,12 @@ fn main() {
         rows.push(json!({ "hz": hz, "userspace_per_s": user, "kernel_per_s": kernel, "ratio": user / kernel }));
     }
     let out = json!({ "benchmark": "lunavm platform", "quick": quick, "cpu": cpu, "ticks": ticks, "rows": rows });
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-platform.json");
-    if let Err(e) = std::fs::write(&path, serde_json::to_string_pretty(&out).unwrap_or_default()) {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-platform.json");
+    if let Err(e) = std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&out).unwrap_or_default(),
+    ) {
         eprintln!("cannot write {}: {e}", path.display());
     }
 }

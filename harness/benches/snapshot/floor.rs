@@ -613,50 +613,43 @@ impl Floor {
         Some(u64::from_le_bytes(bytes.try_into().ok()?))
     }
 
-    /// Median time of each vCPU set call alone (`reps` calls each, setting
-    /// the saved state), in Firecracker's order.
+    /// Median time of each vCPU set call alone, setting the saved state, in
+    /// Firecracker's order (and a read for scale): `reps` rounds of one call
+    /// each, so host noise spreads over all of them alike.
     pub fn vcpu_call_costs(&self, reps: usize) -> Result<Vec<(&'static str, Duration)>, Error> {
+        type Call = fn(&VcpuFd, &FullVcpu) -> Result<(), Error>;
+        let calls: [(&'static str, Call); 9] = [
+            ("set_mp_state", |c, v| Ok(c.set_mp_state(v.mp_state)?)),
+            ("set_regs", |c, v| Ok(c.set_regs(&v.regs)?)),
+            ("set_sregs", |c, v| Ok(c.set_sregs(&v.sregs)?)),
+            ("set_xsave", |c, v| {
+                // SAFETY: `v.xsave` is a whole `kvm_xsave` that KVM_GET_XSAVE filled.
+                Ok(unsafe { c.set_xsave(&v.xsave) }?)
+            }),
+            ("set_xcrs", |c, v| Ok(c.set_xcrs(&v.xcrs)?)),
+            ("set_debug_regs", |c, v| Ok(c.set_debug_regs(&v.debugregs)?)),
+            ("set_msrs", |c, v| Ok(c.set_msrs(&v.msrs).map(|_| ())?)),
+            ("set_vcpu_events", |c, v| Ok(c.set_vcpu_events(&v.events)?)),
+            ("get_regs (for scale)", |c, _| {
+                Ok(c.get_regs().map(|_| ())?)
+            }),
+        ];
         let v = &self.saved.as_ref().ok_or("floor: no snapshot taken")?.vcpu;
-        let time = |f: &dyn Fn() -> Result<(), Error>| -> Result<Duration, Error> {
-            let mut t = Vec::with_capacity(reps);
-            for _ in 0..reps {
+        let mut times: Vec<Vec<Duration>> = vec![Vec::with_capacity(reps); calls.len()];
+        for _ in 0..reps {
+            for ((_, call), t) in calls.iter().zip(&mut times) {
                 let t0 = Instant::now();
-                f()?;
+                call(&self.vcpu, v)?;
                 t.push(t0.elapsed());
             }
-            t.sort();
-            Ok(t.get(t.len() / 2).copied().unwrap_or_default())
-        };
-        let vcpu = &self.vcpu;
-        Ok(vec![
-            (
-                "set_mp_state",
-                time(&|| Ok(vcpu.set_mp_state(v.mp_state)?))?,
-            ),
-            ("set_regs", time(&|| Ok(vcpu.set_regs(&v.regs)?))?),
-            ("set_sregs", time(&|| Ok(vcpu.set_sregs(&v.sregs)?))?),
-            (
-                "set_xsave",
-                // SAFETY: `v.xsave` is a whole `kvm_xsave` that KVM_GET_XSAVE filled.
-                time(&|| Ok(unsafe { vcpu.set_xsave(&v.xsave) }?))?,
-            ),
-            ("set_xcrs", time(&|| Ok(vcpu.set_xcrs(&v.xcrs)?))?),
-            (
-                "set_debug_regs",
-                time(&|| Ok(vcpu.set_debug_regs(&v.debugregs)?))?,
-            ),
-            (
-                "set_msrs",
-                time(&|| Ok(vcpu.set_msrs(&v.msrs).map(|_| ())?))?,
-            ),
-            (
-                "set_vcpu_events",
-                time(&|| Ok(vcpu.set_vcpu_events(&v.events)?))?,
-            ),
-            (
-                "get_regs (for scale)",
-                time(&|| Ok(vcpu.get_regs().map(|_| ())?))?,
-            ),
-        ])
+        }
+        Ok(calls
+            .iter()
+            .zip(&mut times)
+            .map(|((name, _), t)| {
+                t.sort();
+                (*name, t.get(t.len() / 2).copied().unwrap_or_default())
+            })
+            .collect())
     }
 }

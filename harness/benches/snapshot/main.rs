@@ -395,54 +395,31 @@ pub struct LunaParts {
     msrs: usize,
 }
 
-/// Median cost of each vCPU set call lunavm's restore makes, alone.
-fn vcpu_call_costs(
-    vcpu: &VcpuFd,
-    st: &VcpuState,
-    reps: usize,
-) -> Result<Vec<(&'static str, f64)>, Error> {
-    let msrs = Msrs::from_entries(&st.msrs)?;
-    Ok(vec![
-        (
-            "set_mp_state",
-            time_calls(reps, || Ok(vcpu.set_mp_state(st.mp_state)?))?,
-        ),
-        (
-            "set_regs",
-            time_calls(reps, || Ok(vcpu.set_regs(&st.regs)?))?,
-        ),
-        (
-            "set_sregs",
-            time_calls(reps, || Ok(vcpu.set_sregs(&st.sregs)?))?,
-        ),
-        (
-            "set_xsave",
-            time_calls(reps, || {
-                // SAFETY: `st.xsave` is a whole `kvm_xsave` that KVM_GET_XSAVE filled.
-                Ok(unsafe { vcpu.set_xsave(&st.xsave) }?)
-            })?,
-        ),
-        (
-            "set_xcrs",
-            time_calls(reps, || Ok(vcpu.set_xcrs(&st.xcrs)?))?,
-        ),
-        (
-            "set_debug_regs",
-            time_calls(reps, || Ok(vcpu.set_debug_regs(&st.debugregs)?))?,
-        ),
-        (
-            "set_msrs",
-            time_calls(reps, || Ok(vcpu.set_msrs(&msrs).map(|_| ())?))?,
-        ),
-        (
-            "set_vcpu_events",
-            time_calls(reps, || Ok(vcpu.set_vcpu_events(&st.events)?))?,
-        ),
-        (
-            "get_regs (for scale)",
-            time_calls(reps, || Ok(vcpu.get_regs().map(|_| ())?))?,
-        ),
-    ])
+/// One vCPU call of lunavm's restore, on its own.
+type VcpuCall = fn(&VcpuFd, &VcpuState, &Msrs) -> Result<(), Error>;
+
+/// The vCPU calls lunavm's restore makes, in its order, and a read for scale.
+fn vcpu_calls() -> [(&'static str, VcpuCall); 9] {
+    [
+        ("set_mp_state", |v, st, _| Ok(v.set_mp_state(st.mp_state)?)),
+        ("set_regs", |v, st, _| Ok(v.set_regs(&st.regs)?)),
+        ("set_sregs", |v, st, _| Ok(v.set_sregs(&st.sregs)?)),
+        ("set_xsave", |v, st, _| {
+            // SAFETY: `st.xsave` is a whole `kvm_xsave` that KVM_GET_XSAVE filled.
+            Ok(unsafe { v.set_xsave(&st.xsave) }?)
+        }),
+        ("set_xcrs", |v, st, _| Ok(v.set_xcrs(&st.xcrs)?)),
+        ("set_debug_regs", |v, st, _| {
+            Ok(v.set_debug_regs(&st.debugregs)?)
+        }),
+        ("set_msrs", |v, _, msrs| Ok(v.set_msrs(msrs).map(|_| ())?)),
+        ("set_vcpu_events", |v, st, _| {
+            Ok(v.set_vcpu_events(&st.events)?)
+        }),
+        ("get_regs (for scale)", |v, _, _| {
+            Ok(v.get_regs().map(|_| ())?)
+        }),
+    ]
 }
 
 impl Luna {
@@ -451,29 +428,48 @@ impl Luna {
     fn parts(&mut self, reps: usize) -> Result<LunaParts, Error> {
         self.iteration()?;
         self.m.restore_snapshot(&self.snap)?;
-        // A restore with nothing dirty: the fixed part of every restore.
-        let (m, snap) = (&mut self.m, &self.snap);
-        let clean_restore = time_calls(reps, || {
-            let stats = m.restore_snapshot(snap)?;
-            if stats.pages != 0 {
-                return Err(
-                    format!("lunavm: {} pages dirty with the guest stopped", stats.pages).into(),
-                );
-            }
-            Ok(())
-        })?;
-        let devices = self.snap.state.pio.len() + self.snap.state.mmio.len();
-        let device_json = serde_json::to_vec(&(&self.snap.state.pio, &self.snap.state.mmio))?.len();
+        // A restore with nothing dirty (the fixed part of every restore),
+        // lunavm's vCPU restore and each of its calls, timed round-robin so
+        // that host noise spreads over all of them alike.
         let st = self
             .snap
             .state
             .vcpus
             .first()
             .ok_or("lunavm: the snapshot has no vCPU")?;
-        let vcpu = self.m.vcpu();
-        let vcpu_restore = time_calls(reps, || Ok(lunavm::snapshot::vcpu::restore(vcpu, st)?))?;
-        let calls = vcpu_call_costs(vcpu, st, reps)?;
+        let msrs = Msrs::from_entries(&st.msrs)?;
+        let calls = vcpu_calls();
+        let (mut clean, mut whole) = (Vec::new(), Vec::new());
+        let mut each: Vec<Vec<f64>> = vec![Vec::new(); calls.len()];
+        for _ in 0..reps {
+            let t0 = Instant::now();
+            let stats = self.m.restore_snapshot(&self.snap)?;
+            clean.push(us(t0.elapsed()));
+            if stats.pages != 0 {
+                return Err(
+                    format!("lunavm: {} pages dirty with the guest stopped", stats.pages).into(),
+                );
+            }
+            let vcpu = self.m.vcpu();
+            let t0 = Instant::now();
+            lunavm::snapshot::vcpu::restore(vcpu, st)?;
+            whole.push(us(t0.elapsed()));
+            for ((_, call), t) in calls.iter().zip(&mut each) {
+                let t0 = Instant::now();
+                call(vcpu, st, &msrs)?;
+                t.push(us(t0.elapsed()));
+            }
+        }
+        let clean_restore = median(&clean);
+        let vcpu_restore = median(&whole);
+        let calls: Vec<(&'static str, f64)> = calls
+            .iter()
+            .zip(&each)
+            .map(|((name, _), t)| (*name, median(t)))
+            .collect();
         let msrs = st.msrs.len();
+        let devices = self.snap.state.pio.len() + self.snap.state.mmio.len();
+        let device_json = serde_json::to_vec(&(&self.snap.state.pio, &self.snap.state.mmio))?.len();
 
         // The copies restore_snapshot makes, in place: right after the guest
         // rewrote its N pages, vm-memory write_slice of each from the snapshot;

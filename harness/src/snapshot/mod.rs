@@ -336,27 +336,40 @@ impl Machine {
                     "a memory region has another size".into(),
                 ));
             }
-            let write = |offset: usize, bytes: &[u8]| {
-                region
-                    .write_slice(bytes, MemoryRegionAddress(offset as u64))
-                    .map_err(|e| SnapshotError::Mismatch(format!("cannot write guest memory: {e}")))
+            let len = copy.len();
+            let host = region
+                .get_host_address(MemoryRegionAddress(0))
+                .map_err(|e| SnapshotError::Mismatch(format!("cannot map guest memory: {e}")))?;
+            // Copies `bytes` of the snapshot back to `offset` of the region,
+            // straight into its mapping: not through vm-memory, whose write
+            // bitmap would record the copy as a VMM write (and cost an atomic
+            // per page).
+            let write = |offset: usize, n: usize| {
+                if offset.checked_add(n).is_some_and(|end| end <= len) {
+                    // SAFETY: `host` maps this region's `len` bytes for the life of
+                    // `self.vm.mem`; `offset + n <= len` was just checked, `copy`
+                    // has `len` bytes too, the two never overlap (one is guest
+                    // memory, the other a heap buffer), and the vCPU is not running
+                    // (`&mut self` excludes the run loop).
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            copy.as_ptr().add(offset),
+                            host.add(offset),
+                            n,
+                        )
+                    };
+                }
             };
             if full {
-                write(0, copy)?;
+                write(0, len);
                 stats.pages += region.len() / PAGE_SIZE;
             } else {
                 let page = usize::try_from(PAGE_SIZE).unwrap_or(4096);
-                let mut result = Ok(());
                 dirty::for_each_page(bits, |p| {
-                    if result.is_ok() {
-                        result = write(p * page, &copy[p * page..(p + 1) * page]);
-                        stats.pages += 1;
-                    }
+                    write(p * page, page);
+                    stats.pages += 1;
                 });
-                result?;
             }
-            // Copying back is not a change to track.
-            region.get_mmap().bitmap().reset();
         }
         let in_kernel = self.config.irqchip == crate::machine::IrqchipMode::Kernel;
         if st.kernel_irqchip.is_some() != in_kernel {
