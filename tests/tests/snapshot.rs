@@ -111,6 +111,13 @@ assert(st.full, "switching snapshots copies all of RAM once")
 b:restore{verify = true}
 vm.run{}
 assert(vm.state_hash() == hash)
+-- Writes the VMM makes (here a script's) are rolled back too.
+local before = mem.read64(0x200000)
+b:restore()
+mem.write64(0x200000, before + 12345)
+assert(mem.read64(0x200000) == before + 12345)
+b:restore()
+assert(mem.read64(0x200000) == before, "a VMM write survived a restore")
 a:drop()
 local ok, err = pcall(snapshot.restore, a)
 assert(not ok and err:find("dropped"), err)

@@ -539,13 +539,13 @@ impl Luna {
         let mem = self.m.memory();
         let bitmap_reset = time_calls(reps, || {
             for r in mem.iter() {
-                r.get_mmap().bitmap().reset();
+                std::hint::black_box(r.get_mmap().bitmap().take());
             }
             Ok(())
         })?;
         let bitmap_get_and_reset = time_calls(reps, || {
             for r in mem.iter() {
-                std::hint::black_box(r.get_mmap().bitmap().get_and_reset());
+                std::hint::black_box(r.get_mmap().bitmap().take());
             }
             Ok(())
         })?;

@@ -94,9 +94,10 @@ impl DirtyTracker {
                     return Err(DirtyError::Clear(slot, std::io::Error::last_os_error()));
                 }
             }
-            let vmm = region.get_mmap().bitmap().get_and_reset();
-            for (k, v) in kvm.iter_mut().zip(vmm) {
-                *k |= v;
+            if let Some(vmm) = region.get_mmap().bitmap().take() {
+                for (k, v) in kvm.iter_mut().zip(vmm) {
+                    *k |= v;
+                }
             }
             out.push(kvm);
         }

@@ -3,7 +3,9 @@
 
 use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES};
 use kvm_ioctls::VmFd;
-use vm_memory::bitmap::AtomicBitmap;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use vm_memory::bitmap::{AtomicBitmap, Bitmap, NewBitmap, RefSlice, WithBitmapSlice};
 use vm_memory::{
     Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, GuestRegionMmap, MmapRegion,
 };
@@ -12,7 +14,58 @@ use crate::layout;
 
 /// Guest RAM as the rest of lunavm sees it. The bitmap records the VMM's own
 /// writes (devices, scripts, loaders); KVM's dirty log records the guest's.
-pub type GuestMem = vm_memory::GuestMemoryMmap<AtomicBitmap>;
+pub type GuestMem = vm_memory::GuestMemoryMmap<TrackedBitmap>;
+
+/// vm-memory's page bitmap plus a flag saying whether anything was marked
+/// since the last reset, so collecting the VMM's writes costs nothing when
+/// there were none (the usual case between two snapshot restores) instead of
+/// a pass over the whole bitmap.
+#[derive(Debug, Default)]
+pub struct TrackedBitmap {
+    pages: AtomicBitmap,
+    any: AtomicBool,
+}
+
+impl TrackedBitmap {
+    /// The dirty bits as u64 words (bit i = page i), reset; `None` when no
+    /// write was marked since the last call.
+    pub fn take(&self) -> Option<Vec<u64>> {
+        if !self.any.swap(false, Ordering::AcqRel) {
+            return None;
+        }
+        Some(self.pages.get_and_reset())
+    }
+}
+
+impl<'a> WithBitmapSlice<'a> for TrackedBitmap {
+    type S = RefSlice<'a, Self>;
+}
+
+impl Bitmap for TrackedBitmap {
+    fn mark_dirty(&self, offset: usize, len: usize) {
+        if len > 0 {
+            self.any.store(true, Ordering::Release);
+        }
+        self.pages.mark_dirty(offset, len);
+    }
+
+    fn dirty_at(&self, offset: usize) -> bool {
+        self.pages.dirty_at(offset)
+    }
+
+    fn slice_at(&self, offset: usize) -> RefSlice<'_, Self> {
+        RefSlice::new(self, offset)
+    }
+}
+
+impl NewBitmap for TrackedBitmap {
+    fn with_len(len: usize) -> Self {
+        TrackedBitmap {
+            pages: AtomicBitmap::with_len(len),
+            any: AtomicBool::new(false),
+        }
+    }
+}
 
 /// Errors of creating and registering guest RAM.
 #[derive(Debug, thiserror::Error)]
@@ -55,7 +108,7 @@ pub fn create(mem_size: u64) -> Result<GuestMem, MemoryError> {
     let mut regions = Vec::new();
     for (base, size) in layout::ram_ranges(mem_size) {
         let len = usize::try_from(size).map_err(|_| MemoryError::BadSize(mem_size))?;
-        let mmap = MmapRegion::<AtomicBitmap>::new(len)
+        let mmap = MmapRegion::<TrackedBitmap>::new(len)
             .map_err(|source| MemoryError::Mmap { size, source })?;
         let region =
             GuestRegionMmap::new(mmap, GuestAddress(base)).ok_or(MemoryError::BadSize(mem_size))?;
