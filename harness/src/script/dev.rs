@@ -172,22 +172,30 @@ fn add_access_hook(st: &Shared, space: Space, spec: Table) -> ApiResult<Handle> 
     let mut s = st.borrow_mut();
     let intercept = s.machine()?.intercepts_mut().add(space, first, last, dir);
     let id = s.next_id();
-    s.hooks.push(LuaHook {
-        id,
-        kind: HookKind::Access {
-            space,
-            first,
-            last,
-            reads,
-            writes,
-            intercept,
-        },
-        func,
-    });
-    Ok(Handle { id, st: st.clone() })
+    let kind = HookKind::Access {
+        space,
+        first,
+        last,
+        reads,
+        writes,
+        intercept,
+    };
+    Ok(push_hook(st, &mut s, id, kind, func))
 }
 
 const EXIT_KINDS: &[&str] = &["pio", "mmio", "hlt", "emulation"];
+
+/// Registers hook `id` in the session and returns its handle.
+fn push_hook(
+    st: &Shared,
+    s: &mut super::session::Session,
+    id: u64,
+    kind: HookKind,
+    func: Function,
+) -> Handle {
+    s.hooks.push(LuaHook { id, kind, func });
+    Handle { id, st: st.clone() }
+}
 
 /// Registers the `dev` and `hook` namespaces.
 pub fn register(lua: &Lua, st: &Shared) -> mlua::Result<()> {
@@ -218,12 +226,7 @@ pub fn register(lua: &Lua, st: &Shared) -> mlua::Result<()> {
             let id = s.next_id();
             let addr = from_lua_int(addr);
             s.machine()?.add_breakpoint(addr, Owner::Hook(id))?;
-            s.hooks.push(LuaHook {
-                id,
-                kind: HookKind::Exec { addr },
-                func,
-            });
-            Ok(Handle { id, st: st.clone() })
+            Ok(push_hook(st, &mut s, id, HookKind::Exec { addr }, func))
         },
     )?;
     add_fn(
@@ -241,12 +244,7 @@ pub fn register(lua: &Lua, st: &Shared) -> mlua::Result<()> {
             let mut s = st.borrow_mut();
             s.machine()?.intercepts_mut().ucalls = true;
             let id = s.next_id();
-            s.hooks.push(LuaHook {
-                id,
-                kind: HookKind::Ucall { cmd },
-                func,
-            });
-            Ok(Handle { id, st: st.clone() })
+            Ok(push_hook(st, &mut s, id, HookKind::Ucall { cmd }, func))
         },
     )?;
     add_fn(
@@ -277,12 +275,7 @@ pub fn register(lua: &Lua, st: &Shared) -> mlua::Result<()> {
                     m.intercepts_mut().completions = true;
                 }
                 let id = s.next_id();
-                s.hooks.push(LuaHook {
-                    id,
-                    kind: HookKind::Exit { kind },
-                    func,
-                });
-                Ok(Handle { id, st: st.clone() })
+                Ok(push_hook(st, &mut s, id, HookKind::Exit { kind }, func))
             }
             other => Err(format!(
                 "unknown exit kind {other:?} (kinds: {})",

@@ -6,11 +6,19 @@ use mlua::{Lua, Value};
 use super::convert::{add_fn, location, show, ApiError, ApiResult, Shared};
 use super::session::{Outcome, SubResult};
 
-/// Records a failure and returns the error that ends the test.
-fn fail(lua: &Lua, st: &Shared, func: &str, msg: String) -> ApiResult<()> {
-    let full = format!("{}: {func} failed: {msg}", location(lua));
-    st.borrow_mut().outcome = Some(Outcome::Fail(full.clone()));
+/// Records how the test ends and returns the error that ends it.
+fn end(st: &Shared, full: String, outcome: fn(String) -> Outcome) -> ApiResult<()> {
+    st.borrow_mut().outcome = Some(outcome(full.clone()));
     Err(ApiError::Lua(mlua::Error::RuntimeError(full)))
+}
+
+/// Records a failed assertion of `func` and returns the error that ends the test.
+fn fail(lua: &Lua, st: &Shared, func: &str, msg: String) -> ApiResult<()> {
+    end(
+        st,
+        format!("{}: {func} failed: {msg}", location(lua)),
+        Outcome::Fail,
+    )
 }
 
 fn suffix(msg: Option<String>) -> String {
@@ -75,22 +83,12 @@ pub fn register(lua: &Lua, st: &Shared) -> mlua::Result<()> {
         },
     )?;
     add_fn(lua, &t, st, "t", "fail", |lua, st, msg: Option<String>| {
-        let full = format!(
-            "{}: {}",
-            location(lua),
-            msg.unwrap_or_else(|| "t.fail".into())
-        );
-        st.borrow_mut().outcome = Some(Outcome::Fail(full.clone()));
-        Err::<(), _>(ApiError::Lua(mlua::Error::RuntimeError(full)))
+        let msg = msg.unwrap_or_else(|| "t.fail".into());
+        end(st, format!("{}: {msg}", location(lua)), Outcome::Fail)
     })?;
     add_fn(lua, &t, st, "t", "skip", |lua, st, msg: Option<String>| {
-        let full = format!(
-            "{}: {}",
-            location(lua),
-            msg.unwrap_or_else(|| "skipped".into())
-        );
-        st.borrow_mut().outcome = Some(Outcome::Skip(full.clone()));
-        Err::<(), _>(ApiError::Lua(mlua::Error::RuntimeError(full)))
+        let msg = msg.unwrap_or_else(|| "skipped".into());
+        end(st, format!("{}: {msg}", location(lua)), Outcome::Skip)
     })?;
     add_fn(
         lua,
