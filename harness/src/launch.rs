@@ -42,6 +42,9 @@ pub struct RunOptions {
     pub save: Option<PathBuf>,
     /// Put the hash of memory and vCPU state at the stop in the report.
     pub state_hash: bool,
+    /// Serve gdb on this address (HOST:PORT) before the guest runs: it waits
+    /// at its first instruction for gdb to connect.
+    pub gdb: Option<String>,
 }
 
 /// Errors that stop a run before it produces a stop reason.
@@ -73,6 +76,9 @@ pub enum LaunchError {
     /// Building or running the machine failed.
     #[error(transparent)]
     Machine(#[from] MachineError),
+    /// The gdb server could not listen.
+    #[error(transparent)]
+    Gdb(crate::gdb::GdbError),
     /// A snapshot file could not be used.
     #[error("Cannot restore snapshot {path}")]
     Restore {
@@ -103,7 +109,7 @@ impl LaunchError {
             | LaunchError::Restore { .. }
             | LaunchError::Save { .. } => exit_code::BAD_INPUT,
             LaunchError::Machine(MachineError::Boot(_)) => exit_code::BAD_INPUT,
-            LaunchError::Machine(_) => exit_code::HOST_ERROR,
+            LaunchError::Machine(_) | LaunchError::Gdb(_) => exit_code::HOST_ERROR,
         }
     }
 }
@@ -142,6 +148,8 @@ pub fn exit_code_for(stop: &StopReason, qemu_exit_codes: bool) -> u8 {
         | StopReason::Ucall { .. }
         | StopReason::Completed { .. }
         | StopReason::Breakpoint { .. }
+        | StopReason::Stepped { .. }
+        | StopReason::Interrupted
         | StopReason::SerialMatch { .. }
         | StopReason::EntryFailure { .. }
         | StopReason::InternalError { .. }
@@ -191,7 +199,10 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome, LaunchError> {
         Some(path) => restore(opts, path)?,
         None => boot(opts)?,
     };
-    let stop = machine.run(&opts.stop)?;
+    let stop = match &opts.gdb {
+        Some(addr) => run_with_gdb(&mut machine, opts, addr)?,
+        None => machine.run(&opts.stop)?,
+    };
     if let Some(path) = &opts.save {
         let err = |source: Box<dyn std::error::Error + Send + Sync>| LaunchError::Save {
             path: path.clone(),
@@ -206,6 +217,22 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome, LaunchError> {
         report.state_hash = Some(format!("{:016x}", machine.current_state_hash()?));
     }
     Ok(RunOutcome { report, machine })
+}
+
+/// Serves gdb until it detaches or the run ends; after a detach the guest
+/// runs on under `opts.stop` (whose budgets count from there).
+fn run_with_gdb(
+    machine: &mut Machine,
+    opts: &RunOptions,
+    addr: &str,
+) -> Result<StopReason, LaunchError> {
+    use crate::gdb::{self, GdbError, SessionEnd};
+    match gdb::serve(machine, addr, opts.qemu_exit_codes) {
+        Ok(SessionEnd::Finished(stop)) => Ok(stop),
+        Ok(SessionEnd::Detached) => Ok(machine.run(&opts.stop)?),
+        Err(GdbError::Machine(e)) => Err(LaunchError::Machine(e)),
+        Err(e) => Err(LaunchError::Gdb(e)),
+    }
 }
 
 /// Boots the kernel `opts` names.

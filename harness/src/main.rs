@@ -138,6 +138,10 @@ struct RunArgs {
     /// kernel (KVM's, faster, host-timed: not deterministic).
     #[arg(long, value_name = "MODE", default_value = "userspace")]
     irqchip: IrqchipMode,
+    /// Serve gdb on ADDR:PORT: the guest waits at its first instruction until gdb
+    /// connects (`target remote ADDR:PORT`), and runs on to its end after gdb detaches.
+    #[arg(long, value_name = "ADDR:PORT", conflicts_with_all = ["repeat", "script"])]
+    gdb: Option<String>,
     /// The CMOS clock's date at virtual time zero: Unix seconds or YYYY-MM-DD[THH:MM:SS] (UTC).
     #[arg(long, value_name = "DATE", default_value = "2025-01-01", value_parser = parse_date)]
     rtc_start: i64,
@@ -295,6 +299,7 @@ fn cmd_run(args: RunArgs) -> u8 {
         verify_restore: args.verify_restore,
         state_hash: args.report.is_some(),
         save: args.save,
+        gdb: args.gdb,
     };
     if let Some(n) = args.repeat {
         return match lunavm::repeat::run_repeated(&opts, n) {

@@ -110,6 +110,20 @@ impl Machine {
         Ok(())
     }
 
+    /// The x87/SSE state of the current vCPU (not cached: only debuggers read it).
+    pub fn fpu(&self) -> Result<kvm_bindings::kvm_fpu, MachineError> {
+        self.vcpu()
+            .get_fpu()
+            .map_err(Self::kvm_err("read the FPU state"))
+    }
+
+    /// Sets the x87/SSE state of the current vCPU.
+    pub fn set_fpu(&mut self, fpu: &kvm_bindings::kvm_fpu) -> Result<(), MachineError> {
+        self.vcpu()
+            .set_fpu(fpu)
+            .map_err(Self::kvm_err("set the FPU state"))
+    }
+
     /// Sets the special registers of the current vCPU.
     pub fn set_sregs(&mut self, s: &kvm_sregs) -> Result<(), MachineError> {
         self.reg_cache.sregs.set(None);

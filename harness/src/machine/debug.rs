@@ -59,6 +59,21 @@ impl DebugRegs {
         freed
     }
 
+    /// Frees the slot `owner` holds at `addr`; whether it held one.
+    pub fn free_at(&mut self, addr: u64, owner: Owner) -> bool {
+        let slot = self
+            .slots
+            .iter_mut()
+            .find(|s| s.is_some_and(|(a, o)| a == addr && o == owner));
+        match slot {
+            Some(s) => {
+                *s = None;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Who holds a breakpoint at `addr`.
     pub fn owners_at(&self, addr: u64) -> impl Iterator<Item = Owner> + '_ {
         self.slots
@@ -101,6 +116,15 @@ impl Machine {
             self.apply_debug_regs()?;
         }
         Ok(())
+    }
+
+    /// Removes the breakpoint `owner` holds at `addr`; whether there was one.
+    pub fn remove_breakpoint(&mut self, addr: u64, owner: Owner) -> Result<bool, MachineError> {
+        let freed = self.debug_regs.free_at(addr, owner);
+        if freed {
+            self.apply_debug_regs()?;
+        }
+        Ok(freed)
     }
 
     /// The allocator, for front ends that show it.
@@ -158,6 +182,9 @@ mod tests {
             d.alloc(0x9000, Owner::Run),
             Err(DebugRegError::Full)
         ));
+        assert!(!d.free_at(0x1002, Owner::Hook(1)));
+        assert!(d.free_at(0x1001, Owner::Hook(1)));
+        assert_eq!(d.alloc(0x2000, Owner::Gdb).unwrap(), 1);
         assert!(d.free(Owner::Hook(2)));
         assert!(!d.free(Owner::Hook(2)));
         assert_eq!(d.alloc(0x9000, Owner::Run).unwrap(), 2);

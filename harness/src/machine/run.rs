@@ -170,18 +170,22 @@ impl Machine {
             return Ok(stop);
         }
         // Step over the instruction a breakpoint stopped at: one single step
-        // with the breakpoints off; the exit it ends with re-arms them.
-        if self.resume_over_breakpoint {
+        // with the breakpoints off; the exit it ends with re-arms them. A
+        // requested single step is the same step, kept armed until its debug
+        // exit.
+        let was_at_breakpoint = self.resume_over_breakpoint;
+        if self.resume_over_breakpoint || cond.single_step {
             self.resume_over_breakpoint = false;
             self.arm_step_over()?;
             self.step_over_armed = true;
         }
         let result = self.run_loop(cond, start_exits, start_ns);
         if self.step_over_armed {
-            // Stopped before entering the guest: step over next time.
+            // Stopped before the step completed: step over next time (a
+            // requested step only if it started at a breakpoint).
             self.step_over_armed = false;
             self.disarm_step_over()?;
-            self.resume_over_breakpoint = true;
+            self.resume_over_breakpoint = !cond.single_step || was_at_breakpoint;
         }
         result
     }
@@ -304,19 +308,40 @@ impl Machine {
 
             self.kicker.progress();
             let pending = if self.step_over_armed {
-                self.step_over_armed = false;
-                self.disarm_step_over()?;
-                // The step's own debug exit is ours: swallow it.
-                if matches!(pending, Pending::Debug { .. }) {
-                    Pending::None
-                } else {
+                let debug = matches!(pending, Pending::Debug { .. });
+                if cond.single_step {
+                    // A requested step stays armed through the exits of its
+                    // instruction (port and MMIO accesses) until its own
+                    // debug exit. Harness-caused: no virtual time passes.
+                    if let Pending::Debug { pc } = pending {
+                        self.step_over_armed = false;
+                        self.disarm_step_over()?;
+                        return Ok(StopReason::Stepped { rip: pc });
+                    }
                     pending
+                } else {
+                    self.step_over_armed = false;
+                    self.disarm_step_over()?;
+                    // The step's own debug exit is ours: swallow it.
+                    if debug {
+                        Pending::None
+                    } else {
+                        pending
+                    }
                 }
             } else {
                 pending
             };
+            // A front end's interrupt (Ctrl-C) wins over a kick's time jump:
+            // the kick may have been what brought the vCPU back.
+            if matches!(pending, Pending::Kicked) && cond.interrupted() {
+                return Ok(StopReason::Interrupted);
+            }
             if let Some(stop) = self.finish_exit(pending, cond)? {
                 return Ok(stop);
+            }
+            if cond.interrupted() {
+                return Ok(StopReason::Interrupted);
             }
         }
     }

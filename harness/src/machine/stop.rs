@@ -1,5 +1,8 @@
 //! Stop conditions for `Machine::run` and the typed reasons a run stops.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use crate::emulate::FailedInstruction;
 use crate::vm::regs::RegisterDump;
 
@@ -17,6 +20,22 @@ pub struct StopCondition {
     pub sync_id: Option<u64>,
     /// Stop when this pattern matches the serial output from byte `from` on.
     pub serial: Option<SerialWatch>,
+    /// Run exactly one guest instruction (with the breakpoints off) and stop
+    /// with [`StopReason::Stepped`], unless the guest ends the run first.
+    pub single_step: bool,
+    /// Stop with [`StopReason::Interrupted`] once this flag is set (by another
+    /// thread: a debugger's Ctrl-C). Checked after every exit; a guest spinning
+    /// without exits is reached by the forward-progress kick.
+    pub interrupt: Option<Arc<AtomicBool>>,
+}
+
+impl StopCondition {
+    /// Whether the interrupt flag is set.
+    pub(crate) fn interrupted(&self) -> bool {
+        self.interrupt
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::Acquire))
+    }
 }
 
 /// A pattern to watch for on the serial output.
@@ -81,6 +100,13 @@ pub enum StopReason {
         /// The breakpoint's address.
         addr: u64,
     },
+    /// A single step (`StopCondition::single_step`) completed.
+    Stepped {
+        /// RIP after the step (linear: CS base added).
+        rip: u64,
+    },
+    /// The stop condition's interrupt flag was set.
+    Interrupted,
     /// The serial pattern of the stop condition matched.
     SerialMatch {
         /// The matched text.
@@ -177,6 +203,8 @@ impl StopReason {
             StopReason::Ucall { call } => format!("intercepted ucall {}", call.cmd.name()),
             StopReason::Completed { entry } => format!("completed {}", entry.name()),
             StopReason::Breakpoint { addr } => format!("breakpoint at {addr:#x}"),
+            StopReason::Stepped { rip } => format!("single step to {rip:#x}"),
+            StopReason::Interrupted => "interrupted".into(),
             StopReason::SerialMatch { text, .. } => format!("serial output matched {text:?}"),
             StopReason::Halted {
                 rip,

@@ -1,0 +1,212 @@
+//! The gdb server: a [`gdbstub`] target over a [`Machine`], served on one TCP
+//! connection with gdbstub's blocking event loop.
+//!
+//! What gdb gets:
+//! - registers: the general registers, RIP, EFLAGS, the segment selectors and
+//!   the x87/SSE state (`gdbstub_arch::x86::X86_64_SSE` has no FS/GS base
+//!   registers). Writes take effect; a segment-selector write changes only the
+//!   selector, not the cached base, limit or attributes.
+//! - memory by guest-virtual address through the vCPU's page tables; an
+//!   unmapped address gets an error reply.
+//! - continue, single step, Ctrl-C, and breakpoints. Both software (`Z0`) and
+//!   hardware (`Z1`) breakpoints are debug registers from the shared allocator
+//!   (at most four in all): no `int3` is ever written into guest memory.
+//!
+//! While the guest runs, a helper thread watches the socket (without reading
+//! it) and raises the run's interrupt flag when gdb sends anything (Ctrl-C);
+//! the machine then stops with [`StopReason::Interrupted`] and the byte is
+//! read by the event loop on this thread.
+
+mod target;
+
+use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use gdbstub::common::Signal;
+use gdbstub::conn::{Connection, ConnectionExt};
+use gdbstub::stub::{run_blocking, DisconnectReason, GdbStub, SingleThreadStopReason};
+use gdbstub::target::Target;
+
+use crate::machine::{Machine, MachineError, StopReason};
+
+pub use target::GdbTarget;
+
+/// Errors of the gdb server.
+#[derive(Debug, thiserror::Error)]
+pub enum GdbError {
+    /// The listening socket could not be opened or accepted on.
+    #[error("Cannot listen for gdb on {addr}")]
+    Listen {
+        /// The address.
+        addr: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The machine failed while gdb drove it.
+    #[error(transparent)]
+    Machine(#[from] MachineError),
+}
+
+/// How a gdb session ended.
+#[derive(Debug)]
+pub enum SessionEnd {
+    /// The guest ended the run (or failed) while gdb drove it; gdb was told.
+    Finished(StopReason),
+    /// gdb detached, killed the session, or the connection broke: the run
+    /// goes on without gdb.
+    Detached,
+}
+
+/// Listens on `addr`, waits for one gdb connection and serves it until gdb
+/// detaches or the guest ends the run. The guest does not run before gdb
+/// connects (it is at its first instruction).
+pub fn serve(
+    machine: &mut Machine,
+    addr: &str,
+    qemu_exit_codes: bool,
+) -> Result<SessionEnd, GdbError> {
+    let listen_err = |source| GdbError::Listen {
+        addr: addr.to_string(),
+        source,
+    };
+    let addrs: Vec<_> = addr.to_socket_addrs().map_err(listen_err)?.collect();
+    let listener = TcpListener::bind(&addrs[..]).map_err(listen_err)?;
+    let shown = listener
+        .local_addr()
+        .map_or_else(|_| addr.to_string(), |a| a.to_string());
+    eprintln!("lunavm: waiting for gdb on {shown}");
+    let (stream, peer) = listener.accept().map_err(listen_err)?;
+    drop(listener);
+    eprintln!("lunavm: gdb connected from {peer}");
+    // gdb's packets are small and interactive.
+    let _ = stream.set_nodelay(true);
+    serve_connection(machine, stream, qemu_exit_codes)
+}
+
+/// Serves one gdb connection.
+pub fn serve_connection(
+    machine: &mut Machine,
+    stream: TcpStream,
+    qemu_exit_codes: bool,
+) -> Result<SessionEnd, GdbError> {
+    let mut target = GdbTarget::new(machine, qemu_exit_codes);
+    let gdb = GdbStub::new(stream);
+    let result = gdb.run_blocking::<EventLoop>(&mut target);
+    let finished = target.finished.take();
+    // gdb's breakpoints do not outlive its session.
+    target
+        .machine
+        .remove_breakpoints(crate::machine::debug::Owner::Gdb)?;
+    match result {
+        Ok(DisconnectReason::TargetExited(_) | DisconnectReason::TargetTerminated(_)) => {
+            eprintln!("lunavm: gdb session ended with the guest");
+        }
+        Ok(DisconnectReason::Disconnect) => eprintln!("lunavm: gdb detached; running on"),
+        Ok(DisconnectReason::Kill) => eprintln!("lunavm: gdb sent kill; running on without it"),
+        Err(e) => {
+            if e.is_target_error() {
+                if let Some(err) = e.into_target_error() {
+                    return Err(err.into());
+                }
+            } else {
+                eprintln!("lunavm: gdb connection ended: {e}; running on");
+            }
+        }
+    }
+    Ok(match finished {
+        Some(stop) => SessionEnd::Finished(stop),
+        None => SessionEnd::Detached,
+    })
+}
+
+/// Raises `flag` when `stream` has data to read (or fails), without reading
+/// it, until `done` is set.
+fn watch_socket(stream: &TcpStream, flag: &AtomicBool, done: &AtomicBool) {
+    let mut byte = [0u8; 1];
+    while !done.load(Ordering::Acquire) {
+        match stream.peek(&mut byte) {
+            // Data, or end of file: either way the run must stop for gdb.
+            Ok(_) => {
+                flag.store(true, Ordering::Release);
+                return;
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => {
+                flag.store(true, Ordering::Release);
+                return;
+            }
+        }
+    }
+}
+
+/// How often the socket watcher looks at its stop flag.
+const WATCH_TICK: Duration = Duration::from_millis(10);
+
+/// gdbstub's blocking event loop over the machine.
+struct EventLoop<'a>(std::marker::PhantomData<&'a mut Machine>);
+
+type WaitResult<'a> = Result<
+    run_blocking::Event<SingleThreadStopReason<u64>>,
+    run_blocking::WaitForStopReasonError<
+        <GdbTarget<'a> as Target>::Error,
+        <TcpStream as Connection>::Error,
+    >,
+>;
+
+impl<'a> EventLoop<'a> {
+    /// Runs the machine as the last resume asked, stopping when gdb sends a
+    /// byte.
+    fn run_machine(target: &mut GdbTarget<'a>, conn: &mut TcpStream) -> WaitResult<'a> {
+        use run_blocking::{Event, WaitForStopReasonError as E};
+        let flag = Arc::new(AtomicBool::new(false));
+        let done = AtomicBool::new(false);
+        let watcher = conn.try_clone().map_err(E::Connection)?;
+        // The watcher peeks with a timeout (a socket option shared with
+        // `conn`, which nobody reads while the guest runs); reset below.
+        watcher
+            .set_read_timeout(Some(WATCH_TICK))
+            .map_err(E::Connection)?;
+        let stop = std::thread::scope(|s| {
+            s.spawn(|| watch_socket(&watcher, &flag, &done));
+            let stop = target.run(Some(flag.clone()));
+            done.store(true, Ordering::Release);
+            stop
+        });
+        conn.set_read_timeout(None).map_err(E::Connection)?;
+        let stop = stop.map_err(E::Target)?;
+        match target.stop_reason(stop) {
+            Some(reason) => Ok(Event::TargetStopped(reason)),
+            None => {
+                // Interrupted: gdb sent something (Ctrl-C); hand it over.
+                let byte = conn.read().map_err(E::Connection)?;
+                Ok(Event::IncomingData(byte))
+            }
+        }
+    }
+}
+
+impl<'a> run_blocking::BlockingEventLoop for EventLoop<'a> {
+    type Target = GdbTarget<'a>;
+    type Connection = TcpStream;
+    type StopReason = SingleThreadStopReason<u64>;
+
+    fn wait_for_stop_reason(
+        target: &mut Self::Target,
+        conn: &mut Self::Connection,
+    ) -> WaitResult<'a> {
+        Self::run_machine(target, conn)
+    }
+
+    fn on_interrupt(
+        _target: &mut Self::Target,
+    ) -> Result<Option<Self::StopReason>, <Self::Target as Target>::Error> {
+        Ok(Some(SingleThreadStopReason::Signal(Signal::SIGINT)))
+    }
+}

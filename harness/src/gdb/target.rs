@@ -1,0 +1,445 @@
+//! The gdbstub [`Target`] over a [`Machine`]: registers, memory, execution
+//! control and breakpoints, all through the machine's front-end API.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use gdbstub::common::Signal;
+use gdbstub::stub::SingleThreadStopReason;
+use gdbstub::target::ext::base::singlethread::{
+    SingleThreadBase, SingleThreadResume, SingleThreadResumeOps, SingleThreadSingleStep,
+    SingleThreadSingleStepOps,
+};
+use gdbstub::target::ext::base::BaseOps;
+use gdbstub::target::ext::breakpoints::{
+    Breakpoints, BreakpointsOps, HwBreakpoint, HwBreakpointOps, SwBreakpoint, SwBreakpointOps,
+};
+use gdbstub::target::{Target, TargetError, TargetResult};
+use gdbstub_arch::x86::reg::X86_64CoreRegs;
+use gdbstub_arch::x86::X86_64_SSE;
+use kvm_bindings::{kvm_fpu, kvm_regs, kvm_sregs};
+
+use crate::launch::exit_code_for;
+use crate::machine::debug::Owner;
+use crate::machine::{Machine, MachineError, StopCondition, StopReason};
+use crate::vm::access;
+use crate::vm::regs::paging_regs;
+
+/// EFAULT: the error number of a memory access to an unmapped address.
+const EFAULT: u8 = 14;
+
+/// What the next run does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Resume {
+    /// Run until a stop.
+    Continue,
+    /// Run one instruction.
+    Step,
+}
+
+/// A machine as gdb sees it: one thread, x86-64 with SSE.
+pub struct GdbTarget<'a> {
+    /// The machine.
+    pub(super) machine: &'a mut Machine,
+    /// Map debug-exit values the way QEMU does (for the exit status gdb sees).
+    qemu_exit_codes: bool,
+    /// What the last resume request asked for.
+    resume: Resume,
+    /// Addresses of gdb's software breakpoints (debug registers too).
+    sw_breakpoints: Vec<u64>,
+    /// The stop that ended the run while gdb was attached.
+    pub(super) finished: Option<StopReason>,
+}
+
+impl<'a> GdbTarget<'a> {
+    /// A target over `machine`.
+    pub fn new(machine: &'a mut Machine, qemu_exit_codes: bool) -> Self {
+        GdbTarget {
+            machine,
+            qemu_exit_codes,
+            resume: Resume::Continue,
+            sw_breakpoints: Vec::new(),
+            finished: None,
+        }
+    }
+
+    /// Runs the machine as the last resume request asked, until a stop or
+    /// `interrupt` is raised. After the run has ended, returns its end again.
+    pub(super) fn run(
+        &mut self,
+        interrupt: Option<Arc<AtomicBool>>,
+    ) -> Result<StopReason, MachineError> {
+        if let Some(stop) = &self.finished {
+            return Ok(stop.clone());
+        }
+        let cond = StopCondition {
+            single_step: self.resume == Resume::Step,
+            interrupt,
+            ..StopCondition::default()
+        };
+        self.machine.run(&cond)
+    }
+
+    /// The stop reason gdb gets for a machine stop; None for an interrupt
+    /// (gdb's Ctrl-C is then handled as incoming data). A stop that ends the
+    /// run is remembered in `finished`.
+    pub(super) fn stop_reason(&mut self, stop: StopReason) -> Option<SingleThreadStopReason<u64>> {
+        let reason = match &stop {
+            StopReason::Interrupted => return None,
+            StopReason::Stepped { .. } => SingleThreadStopReason::DoneStep,
+            StopReason::Breakpoint { addr } => {
+                if self.sw_breakpoints.contains(addr) {
+                    SingleThreadStopReason::SwBreak(())
+                } else if self
+                    .machine
+                    .debug_regs()
+                    .owners_at(*addr)
+                    .any(|o| o == Owner::Gdb)
+                {
+                    SingleThreadStopReason::HwBreak(())
+                } else {
+                    SingleThreadStopReason::Signal(Signal::SIGTRAP)
+                }
+            }
+            // Stops only other front ends ask for: a plain trap.
+            StopReason::Sync { .. }
+            | StopReason::Intercepted { .. }
+            | StopReason::Ucall { .. }
+            | StopReason::Completed { .. }
+            | StopReason::SerialMatch { .. } => SingleThreadStopReason::Signal(Signal::SIGTRAP),
+            StopReason::GuestExit { .. } | StopReason::Done { .. } => {
+                SingleThreadStopReason::Exited(exit_code_for(&stop, self.qemu_exit_codes))
+            }
+            StopReason::Assert { .. } => SingleThreadStopReason::Terminated(Signal::SIGABRT),
+            StopReason::Shutdown { .. } => SingleThreadStopReason::Terminated(Signal::SIGSEGV),
+            StopReason::EmulationFailure { .. } => {
+                SingleThreadStopReason::Terminated(Signal::SIGILL)
+            }
+            StopReason::Halted { .. }
+            | StopReason::ExitBudget { .. }
+            | StopReason::TimeBudget { .. }
+            | StopReason::EntryFailure { .. }
+            | StopReason::InternalError { .. }
+            | StopReason::DeterminismHole { .. }
+            | StopReason::UnexpectedExit { .. } => {
+                SingleThreadStopReason::Terminated(Signal::SIGKILL)
+            }
+        };
+        if matches!(
+            reason,
+            SingleThreadStopReason::Exited(_) | SingleThreadStopReason::Terminated(_)
+        ) {
+            self.finished = Some(stop);
+        }
+        Some(reason)
+    }
+}
+
+/// A machine error as a fatal target error (ends the gdb session).
+fn fatal(e: MachineError) -> TargetError<MachineError> {
+    TargetError::Fatal(e)
+}
+
+/// The low 32 bits of `v` (gdb's registers are narrower than KVM's fields).
+fn low32(v: u64) -> u32 {
+    u32::try_from(v & 0xffff_ffff).unwrap_or(u32::MAX)
+}
+
+/// The low 16 bits of `v` (selectors and x87 control registers are 16 bits;
+/// gdb's wider values are truncated).
+fn low16(v: u32) -> u16 {
+    u16::try_from(v & 0xffff).unwrap_or(u16::MAX)
+}
+
+/// gdb's full x87 tag word from KVM's abridged one (bit set: valid).
+fn full_tag(abridged: u8) -> u32 {
+    (0..8).fold(0, |tag, i| {
+        let empty = abridged & (1 << i) == 0;
+        tag | (if empty { 0b11 } else { 0b00 } << (2 * i))
+    })
+}
+
+/// KVM's abridged x87 tag word from gdb's full one (any tag but empty: valid).
+fn abridged_tag(full: u32) -> u8 {
+    (0..8).fold(0, |tag, i| {
+        let valid = (full >> (2 * i)) & 0b11 != 0b11;
+        tag | (u8::from(valid) << i)
+    })
+}
+
+/// Fills gdb's register set from KVM's.
+fn to_gdb(regs: &mut X86_64CoreRegs, r: &kvm_regs, s: &kvm_sregs, f: &kvm_fpu) {
+    regs.regs = [
+        r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp, r.rsp, r.r8, r.r9, r.r10, r.r11, r.r12,
+        r.r13, r.r14, r.r15,
+    ];
+    regs.rip = r.rip;
+    // EFLAGS is 32 bits wide for gdb; the upper half of RFLAGS is reserved.
+    regs.eflags = low32(r.rflags);
+    regs.segments.cs = u32::from(s.cs.selector);
+    regs.segments.ss = u32::from(s.ss.selector);
+    regs.segments.ds = u32::from(s.ds.selector);
+    regs.segments.es = u32::from(s.es.selector);
+    regs.segments.fs = u32::from(s.fs.selector);
+    regs.segments.gs = u32::from(s.gs.selector);
+    for (st, fpr) in regs.st.iter_mut().zip(&f.fpr) {
+        st.copy_from_slice(&fpr[..10]);
+    }
+    regs.fpu.fctrl = u32::from(f.fcw);
+    regs.fpu.fstat = u32::from(f.fsw);
+    regs.fpu.ftag = full_tag(f.ftwx);
+    regs.fpu.fiseg = 0;
+    regs.fpu.fioff = low32(f.last_ip);
+    regs.fpu.foseg = 0;
+    regs.fpu.fooff = low32(f.last_dp);
+    regs.fpu.fop = u32::from(f.last_opcode);
+    for (x, k) in regs.xmm.iter_mut().zip(&f.xmm) {
+        *x = u128::from_le_bytes(*k);
+    }
+    regs.mxcsr = f.mxcsr;
+}
+
+/// KVM's general registers with gdb's values.
+fn gprs_from_gdb(regs: &X86_64CoreRegs, old: &kvm_regs) -> kvm_regs {
+    let g = &regs.regs;
+    kvm_regs {
+        rax: g[0],
+        rbx: g[1],
+        rcx: g[2],
+        rdx: g[3],
+        rsi: g[4],
+        rdi: g[5],
+        rbp: g[6],
+        rsp: g[7],
+        r8: g[8],
+        r9: g[9],
+        r10: g[10],
+        r11: g[11],
+        r12: g[12],
+        r13: g[13],
+        r14: g[14],
+        r15: g[15],
+        rip: regs.rip,
+        rflags: (old.rflags & !0xffff_ffff) | u64::from(regs.eflags),
+    }
+}
+
+/// KVM's special registers with gdb's segment selectors (only the selector
+/// changes: bases, limits and attributes stay as they are).
+fn sregs_from_gdb(regs: &X86_64CoreRegs, old: &kvm_sregs) -> kvm_sregs {
+    let mut s = *old;
+    let seg = &regs.segments;
+    s.cs.selector = low16(seg.cs);
+    s.ss.selector = low16(seg.ss);
+    s.ds.selector = low16(seg.ds);
+    s.es.selector = low16(seg.es);
+    s.fs.selector = low16(seg.fs);
+    s.gs.selector = low16(seg.gs);
+    s
+}
+
+/// KVM's FPU state with gdb's values.
+fn fpu_from_gdb(regs: &X86_64CoreRegs, old: &kvm_fpu) -> kvm_fpu {
+    let mut f = *old;
+    for (fpr, st) in f.fpr.iter_mut().zip(&regs.st) {
+        fpr[..10].copy_from_slice(st);
+    }
+    f.fcw = low16(regs.fpu.fctrl);
+    f.fsw = low16(regs.fpu.fstat);
+    f.ftwx = abridged_tag(regs.fpu.ftag);
+    f.last_opcode = low16(regs.fpu.fop);
+    f.last_ip = (f.last_ip & !0xffff_ffff) | u64::from(regs.fpu.fioff);
+    f.last_dp = (f.last_dp & !0xffff_ffff) | u64::from(regs.fpu.fooff);
+    for (k, x) in f.xmm.iter_mut().zip(&regs.xmm) {
+        *k = x.to_le_bytes();
+    }
+    f.mxcsr = regs.mxcsr;
+    f
+}
+
+/// Whether two FPU states differ in what gdb can change.
+fn fpu_differs(a: &kvm_fpu, b: &kvm_fpu) -> bool {
+    a.fpr != b.fpr
+        || a.fcw != b.fcw
+        || a.fsw != b.fsw
+        || a.ftwx != b.ftwx
+        || a.last_opcode != b.last_opcode
+        || a.last_ip != b.last_ip
+        || a.last_dp != b.last_dp
+        || a.xmm != b.xmm
+        || a.mxcsr != b.mxcsr
+}
+
+impl Target for GdbTarget<'_> {
+    type Arch = X86_64_SSE;
+    type Error = MachineError;
+
+    fn base_ops(&mut self) -> BaseOps<'_, Self::Arch, Self::Error> {
+        BaseOps::SingleThread(self)
+    }
+
+    fn support_breakpoints(&mut self) -> Option<BreakpointsOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+impl SingleThreadBase for GdbTarget<'_> {
+    fn read_registers(&mut self, regs: &mut X86_64CoreRegs) -> TargetResult<(), Self> {
+        let r = self.machine.regs().map_err(fatal)?;
+        let s = self.machine.sregs().map_err(fatal)?;
+        let f = self.machine.fpu().map_err(fatal)?;
+        to_gdb(regs, &r, &s, &f);
+        Ok(())
+    }
+
+    fn write_registers(&mut self, regs: &X86_64CoreRegs) -> TargetResult<(), Self> {
+        let old_r = self.machine.regs().map_err(fatal)?;
+        let new_r = gprs_from_gdb(regs, &old_r);
+        if new_r != old_r {
+            self.machine.set_regs(&new_r).map_err(fatal)?;
+        }
+        let old_s = self.machine.sregs().map_err(fatal)?;
+        let new_s = sregs_from_gdb(regs, &old_s);
+        if new_s != old_s {
+            self.machine.set_sregs(&new_s).map_err(fatal)?;
+        }
+        let old_f = self.machine.fpu().map_err(fatal)?;
+        let new_f = fpu_from_gdb(regs, &old_f);
+        if fpu_differs(&new_f, &old_f) {
+            self.machine.set_fpu(&new_f).map_err(fatal)?;
+        }
+        Ok(())
+    }
+
+    fn read_addrs(&mut self, start_addr: u64, data: &mut [u8]) -> TargetResult<usize, Self> {
+        let sregs = self.machine.sregs().map_err(fatal)?;
+        let paging = paging_regs(&sregs);
+        let mem = self.machine.memory();
+        if access::read_virt(mem, &paging, start_addr, data).is_ok() {
+            return Ok(data.len());
+        }
+        // Part of the range is unmapped: return what is readable, or an error.
+        match access::read_virt_prefix(mem, &paging, start_addr, data) {
+            0 => Err(TargetError::Errno(EFAULT)),
+            n => Ok(n),
+        }
+    }
+
+    fn write_addrs(&mut self, start_addr: u64, data: &[u8]) -> TargetResult<(), Self> {
+        let sregs = self.machine.sregs().map_err(fatal)?;
+        access::write_virt(
+            self.machine.memory(),
+            &paging_regs(&sregs),
+            start_addr,
+            data,
+        )
+        .map_err(|_| TargetError::Errno(EFAULT))
+    }
+
+    fn support_resume(&mut self) -> Option<SingleThreadResumeOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+impl SingleThreadResume for GdbTarget<'_> {
+    fn resume(&mut self, _signal: Option<Signal>) -> Result<(), Self::Error> {
+        // Signals have no meaning for a guest kernel: they are dropped.
+        self.resume = Resume::Continue;
+        Ok(())
+    }
+
+    fn support_single_step(&mut self) -> Option<SingleThreadSingleStepOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+impl SingleThreadSingleStep for GdbTarget<'_> {
+    fn step(&mut self, _signal: Option<Signal>) -> Result<(), Self::Error> {
+        self.resume = Resume::Step;
+        Ok(())
+    }
+}
+
+impl GdbTarget<'_> {
+    /// Takes a debug register for a gdb breakpoint; false when all are taken.
+    fn add_debug_breakpoint(&mut self, addr: u64) -> TargetResult<bool, Self> {
+        match self.machine.add_breakpoint(addr, Owner::Gdb) {
+            Ok(_) => Ok(true),
+            Err(MachineError::DebugRegs(_)) => Ok(false),
+            Err(e) => Err(fatal(e)),
+        }
+    }
+}
+
+impl Breakpoints for GdbTarget<'_> {
+    fn support_sw_breakpoint(&mut self) -> Option<SwBreakpointOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_hw_breakpoint(&mut self) -> Option<HwBreakpointOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+/// Software breakpoints are debug registers too: writing `int3` into guest
+/// memory would change what the guest reads, and KVM's instruction emulator
+/// cannot run `int3` on every host.
+impl SwBreakpoint for GdbTarget<'_> {
+    fn add_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        let added = self.add_debug_breakpoint(addr)?;
+        if added {
+            self.sw_breakpoints.push(addr);
+        }
+        Ok(added)
+    }
+
+    fn remove_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        let Some(i) = self.sw_breakpoints.iter().position(|a| *a == addr) else {
+            return Ok(false);
+        };
+        self.sw_breakpoints.swap_remove(i);
+        self.machine
+            .remove_breakpoint(addr, Owner::Gdb)
+            .map_err(fatal)
+    }
+}
+
+impl HwBreakpoint for GdbTarget<'_> {
+    fn add_hw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        self.add_debug_breakpoint(addr)
+    }
+
+    fn remove_hw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        self.machine
+            .remove_breakpoint(addr, Owner::Gdb)
+            .map_err(fatal)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tag_words_round_trip() {
+        assert_eq!(full_tag(0), 0xffff);
+        assert_eq!(full_tag(0xff), 0);
+        assert_eq!(full_tag(0b0000_0001), 0xfffc);
+        for t in [0u8, 1, 0x80, 0xa5, 0xff] {
+            assert_eq!(abridged_tag(full_tag(t)), t);
+        }
+    }
+
+    #[test]
+    fn eflags_write_keeps_the_upper_half() {
+        let old = kvm_regs {
+            rflags: 0xdead_0000_0000_0002,
+            ..Default::default()
+        };
+        let g = X86_64CoreRegs {
+            eflags: 0x246,
+            ..Default::default()
+        };
+        assert_eq!(gprs_from_gdb(&g, &old).rflags, 0xdead_0000_0000_0246);
+    }
+}

@@ -1,0 +1,239 @@
+//! End-to-end tests of `lunavm run --gdb`: the real gdb, in batch mode, drives
+//! built-in guests (their ELF files carry symbols).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::{guest_elf, lunavm_bin, require_kvm, temp_file};
+
+/// Wall-clock limit for lunavm and gdb.
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// A free TCP port on 127.0.0.1 (bound, then released for lunavm to take).
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().expect("local address").port()
+}
+
+/// A running `lunavm run --gdb`, with its stderr collected on a thread.
+struct Server {
+    child: Child,
+    stderr: mpsc::Receiver<String>,
+}
+
+/// Starts `lunavm run ARGS --gdb 127.0.0.1:PORT` and waits until it listens.
+fn start_server(args: &[&str], port: u16) -> Server {
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = Command::new(lunavm_bin())
+        .args(["run"])
+        .args(args)
+        .args(["--gdb", &addr])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("lunavm starts");
+    let (tx, rx) = mpsc::channel();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let stderr = child.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("waiting for gdb on") {
+                let _ = ready_tx.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        let _ = tx.send(all);
+    });
+    if ready_rx.recv_timeout(LIMIT).is_err() {
+        let _ = child.kill();
+        let err = rx.recv_timeout(LIMIT).unwrap_or_default();
+        panic!("lunavm never listened for gdb; stderr:\n{err}");
+    }
+    Server { child, stderr: rx }
+}
+
+/// Waits for `child` up to LIMIT (killing it after), returning its exit code.
+fn wait_limited(child: &mut Child, what: &str) -> Option<i32> {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status.code();
+        }
+        if start.elapsed() > LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not finish within {LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Runs gdb in batch mode on `elf` with `-ex` commands (an error in one does
+/// not stop the next); `after_start` runs once gdb is started. Returns the
+/// transcript (stdout and stderr).
+fn run_gdb(elf: &std::path::Path, commands: &[String], after_start: impl FnOnce(u32)) -> String {
+    let mut cmd = Command::new("gdb");
+    cmd.args(["-batch", "-nx"]);
+    for c in commands {
+        cmd.args(["-ex", c]);
+    }
+    let mut child = cmd
+        .arg(elf)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("gdb starts (is /usr/bin/gdb installed?)");
+    // Collect output on threads so a chatty gdb never blocks.
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let t_out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    after_start(child.id());
+    wait_limited(&mut child, "gdb");
+    let mut transcript = t_out.join().unwrap_or_default();
+    transcript.push_str(&t_err.join().unwrap_or_default());
+    transcript
+}
+
+/// Waits for the server to end; returns (exit code, stdout, stderr).
+fn finish_server(mut server: Server) -> (Option<i32>, String, String) {
+    let code = wait_limited(&mut server.child, "lunavm");
+    let mut stdout = String::new();
+    if let Some(mut out) = server.child.stdout.take() {
+        let _ = out.read_to_string(&mut stdout);
+    }
+    let stderr = server.stderr.recv_timeout(LIMIT).unwrap_or_default();
+    (code, stdout, stderr)
+}
+
+/// guest_main's address from the ELF's symbol table, as `nm` would print it.
+fn symbol_address(elf: &[u8], name: &str) -> u64 {
+    use object::{Object, ObjectSymbol};
+    let file = object::File::parse(elf).expect("guest ELF parses");
+    file.symbols()
+        .find(|s| s.name() == Ok(name))
+        .unwrap_or_else(|| panic!("no symbol {name}"))
+        .address()
+}
+
+#[test]
+fn gdb_breaks_steps_and_edits_registers_and_memory() {
+    require_kvm();
+    let elf = guest_elf("hello");
+    let main_addr = symbol_address(&elf, "guest_main");
+    let (_dir, elf_path) = temp_file("hello.elf", &elf);
+    let port = free_port();
+    let server = start_server(&["--guest", "hello"], port);
+    let commands: Vec<String> = [
+        "set architecture i386:x86-64".to_string(),
+        "set breakpoint auto-hw on".into(),
+        format!("target remote 127.0.0.1:{port}"),
+        "p/x $rip".into(),
+        "hbreak guest_main".into(),
+        "continue".into(),
+        "p/x $rip".into(),
+        "stepi".into(),
+        "p/x $rip".into(),
+        "set $rbx = 0x1234".into(),
+        "p/x $rbx".into(),
+        // An unmapped address: an error reply, the session goes on.
+        "x/4xb 0xffffffff0000".into(),
+        // Memory by virtual address: write below the stack, read it back.
+        "set var *(unsigned long *)($rsp - 64) = 0xfeedface".into(),
+        "p/x *(unsigned long *)($rsp - 64)".into(),
+        "continue".into(),
+    ]
+    .into_iter()
+    .collect();
+    let transcript = run_gdb(&elf_path, &commands, |_| {});
+    let (code, stdout, stderr) = finish_server(server);
+    let context = format!("gdb:\n{transcript}\nlunavm stdout:\n{stdout}\nlunavm stderr:\n{stderr}");
+    // Shown with --nocapture (and on failure).
+    eprintln!("{context}");
+
+    // Stopped at the first instruction, the PVH entry.
+    assert!(transcript.contains("$1 = 0x100000"), "{context}");
+    assert!(
+        transcript.contains("Breakpoint 1, guest_main"),
+        "breakpoint hit by name\n{context}"
+    );
+    assert!(
+        transcript.contains(&format!("$2 = {main_addr:#x}")),
+        "rip at guest_main ({main_addr:#x})\n{context}"
+    );
+    let after_step = transcript
+        .lines()
+        .find_map(|l| l.strip_prefix("$3 = 0x"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or_else(|| panic!("no rip after stepi\n{context}"));
+    assert!(
+        after_step > main_addr && after_step < main_addr + 16,
+        "stepi moved rip by one instruction\n{context}"
+    );
+    assert!(transcript.contains("$4 = 0x1234"), "{context}");
+    assert!(transcript.contains("$5 = 0xfeedface"), "{context}");
+    assert!(
+        transcript.contains("Cannot access memory at address 0xffffffff0000"),
+        "{context}"
+    );
+    assert!(
+        transcript.contains("exited normally"),
+        "the guest ran to its end under gdb\n{context}"
+    );
+    assert!(stdout.contains("Hello from lunavm guest"), "{context}");
+    assert_eq!(code, Some(0), "{context}");
+}
+
+#[test]
+fn gdb_ctrl_c_stops_a_guest_spinning_without_exits() {
+    require_kvm();
+    let (_dir, elf_path) = temp_file("spin.elf", &guest_elf("spin"));
+    let port = free_port();
+    let server = start_server(
+        &["--guest", "spin", "--cmdline", "ticks=1000000 hz=20"],
+        port,
+    );
+    let commands = vec![
+        "set architecture i386:x86-64".to_string(),
+        format!("target remote 127.0.0.1:{port}"),
+        "continue".into(),
+        "p/x $rip".into(),
+        "detach".into(),
+    ];
+    let transcript = run_gdb(&elf_path, &commands, |pid| {
+        // gdb turns SIGINT into a Ctrl-C on the wire while the guest runs.
+        std::thread::sleep(Duration::from_secs(3));
+        let _ = Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status();
+    });
+    let mut server = server;
+    // After the detach the guest spins on for a long time: end it.
+    let _ = server.child.kill();
+    let (_code, _stdout, stderr) = finish_server(server);
+    let context = format!("gdb:\n{transcript}\nlunavm stderr:\n{stderr}");
+    assert!(
+        transcript.contains("Program received signal SIGINT"),
+        "{context}"
+    );
+    assert!(transcript.contains("$1 = 0x"), "{context}");
+    assert!(stderr.contains("gdb detached; running on"), "{context}");
+}
