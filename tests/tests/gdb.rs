@@ -237,3 +237,85 @@ fn gdb_ctrl_c_stops_a_guest_spinning_without_exits() {
     assert!(transcript.contains("$1 = 0x"), "{context}");
     assert!(stderr.contains("gdb detached; running on"), "{context}");
 }
+
+#[test]
+fn gdb_monitor_commands_show_state_and_restore_snapshots() {
+    require_kvm();
+    let elf = guest_elf("hello");
+    let main_addr = symbol_address(&elf, "guest_main");
+    let (_dir, elf_path) = temp_file("hello.elf", &elf);
+    let port = free_port();
+    let server = start_server(&["--guest", "hello"], port);
+    let commands: Vec<String> = [
+        "set architecture i386:x86-64".to_string(),
+        format!("target remote 127.0.0.1:{port}"),
+        "monitor help".into(),
+        "monitor regs".into(),
+        "monitor clock".into(),
+        "hbreak guest_main".into(),
+        "continue".into(),
+        "monitor snapshot take a".into(),
+        "monitor snapshot list".into(),
+        "stepi".into(),
+        "stepi".into(),
+        "monitor snapshot restore a".into(),
+        // gdb keeps its register cache across a monitor command.
+        "maintenance flush register-cache".into(),
+        "p/x $rip".into(),
+        "monitor snapshot restore nope".into(),
+        "monitor bogus".into(),
+        "monitor snapshot drop a".into(),
+        "monitor snapshot list".into(),
+        "continue".into(),
+    ]
+    .into_iter()
+    .collect();
+    let transcript = run_gdb(&elf_path, &commands, |_| {});
+    let (code, stdout, stderr) = finish_server(server);
+    let context = format!("gdb:\n{transcript}\nlunavm stdout:\n{stdout}\nlunavm stderr:\n{stderr}");
+    // Shown with --nocapture (and on failure).
+    eprintln!("{context}");
+
+    assert!(
+        transcript.contains("monitor snapshot take NAME"),
+        "help lists the commands\n{context}"
+    );
+    let has_line = |prefix: &str| transcript.lines().any(|l| l.starts_with(prefix));
+    assert!(has_line("cr0 "), "regs shows cr0\n{context}");
+    assert!(has_line("rip "), "regs shows rip\n{context}");
+    assert!(has_line("efer "), "regs shows efer\n{context}");
+    assert!(has_line("virtual time "), "clock\n{context}");
+    assert!(has_line("guest exits "), "clock\n{context}");
+    assert!(transcript.contains("snapshot `a` taken"), "{context}");
+    assert!(
+        transcript.contains("snapshot `a` restored:") && transcript.contains("pages copied"),
+        "{context}"
+    );
+    assert!(
+        transcript.contains(&format!("$1 = {main_addr:#x}")),
+        "rip back at guest_main ({main_addr:#x}) after the restore\n{context}"
+    );
+    assert!(
+        transcript
+            .lines()
+            .any(|l| l.starts_with("a: virtual time ")
+                && l.ends_with(&format!(", rip {main_addr:#x}"))),
+        "{context}"
+    );
+    assert!(transcript.contains("snapshot `a` dropped"), "{context}");
+    assert!(transcript.contains("no snapshots"), "{context}");
+    assert!(
+        transcript.contains("error: no snapshot named `nope`"),
+        "{context}"
+    );
+    assert!(
+        transcript.contains("error: unknown monitor command `bogus`; try `monitor help`"),
+        "{context}"
+    );
+    assert!(
+        transcript.contains("exited normally"),
+        "the guest ran to its end after the restore\n{context}"
+    );
+    assert!(stdout.contains("Hello from lunavm guest"), "{context}");
+    assert_eq!(code, Some(0), "{context}");
+}

@@ -12,11 +12,30 @@
 //!   hardware (`Z1`) breakpoints are debug registers from the shared allocator
 //!   (at most four in all): no `int3` is ever written into guest memory.
 //!
+//! - `monitor` commands (replies are text gdb prints; errors are text too and
+//!   never end the session):
+//!   - `monitor help`: lists the commands.
+//!   - `monitor regs`: the general registers, RIP, RFLAGS, every segment
+//!     (selector, base, limit, attributes), CR0/2/3/4/8, EFER, GDT/IDT base
+//!     and limit, and some MSRs (APIC base, SYSENTER, STAR/LSTAR/CSTAR/FMASK,
+//!     FS/GS/kernel-GS base; `unreadable` when KVM refuses one), a line each.
+//!   - `monitor clock`: virtual time (ns and formatted), guest-caused exits
+//!     and the platform's next timer deadline.
+//!   - `monitor snapshot take NAME`, `restore NAME`, `list`, `drop NAME`:
+//!     in-memory snapshots kept by this gdb session (gone when it ends).
+//!     `restore` replies with the pages copied; a snapshot taken at a
+//!     breakpoint stop restores to that stop (a `continue` steps over the
+//!     breakpoint instead of stopping on it at once). gdb caches registers and
+//!     memory across a `monitor` command: after a restore run
+//!     `maintenance flush register-cache` (alias `flushregs`) so gdb reads
+//!     the restored state.
+//!
 //! While the guest runs, a helper thread watches the socket (without reading
 //! it) and raises the run's interrupt flag when gdb sends anything (Ctrl-C);
 //! the machine then stops with [`StopReason::Interrupted`] and the byte is
 //! read by the event loop on this thread.
 
+mod monitor;
 mod target;
 
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};

@@ -14,6 +14,7 @@ use gdbstub::target::ext::base::BaseOps;
 use gdbstub::target::ext::breakpoints::{
     Breakpoints, BreakpointsOps, HwBreakpoint, HwBreakpointOps, SwBreakpoint, SwBreakpointOps,
 };
+use gdbstub::target::ext::monitor_cmd::MonitorCmdOps;
 use gdbstub::target::{Target, TargetError, TargetResult};
 use gdbstub_arch::x86::reg::X86_64CoreRegs;
 use gdbstub_arch::x86::X86_64_SSE;
@@ -49,6 +50,8 @@ pub struct GdbTarget<'a> {
     sw_breakpoints: Vec<u64>,
     /// The stop that ended the run while gdb was attached.
     pub(super) finished: Option<StopReason>,
+    /// The session's named snapshots (`monitor snapshot ...`).
+    pub(super) snapshots: super::monitor::Snapshots,
 }
 
 impl<'a> GdbTarget<'a> {
@@ -60,6 +63,7 @@ impl<'a> GdbTarget<'a> {
             resume: Resume::Continue,
             sw_breakpoints: Vec::new(),
             finished: None,
+            snapshots: super::monitor::Snapshots::new(),
         }
     }
 
@@ -279,6 +283,10 @@ impl Target for GdbTarget<'_> {
     }
 
     fn support_breakpoints(&mut self) -> Option<BreakpointsOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_monitor_cmd(&mut self) -> Option<MonitorCmdOps<'_, Self>> {
         Some(self)
     }
 }

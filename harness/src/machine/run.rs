@@ -93,8 +93,9 @@ impl Machine {
         None
     }
 
-    /// The virtual time of the next timer event, if any timer is armed.
-    pub(crate) fn next_timer_deadline(&self) -> Option<u64> {
+    /// The virtual time (ns) of the platform's next timer event, if any timer
+    /// is armed.
+    pub fn next_timer_deadline(&self) -> Option<u64> {
         self.platform.next_deadline()
     }
 
