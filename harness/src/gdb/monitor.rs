@@ -194,26 +194,7 @@ fn regs_text(machine: &Machine) -> Result<String, MachineError> {
 
 /// The general registers, RIP and RFLAGS.
 fn general_regs(out: &mut String, r: &kvm_regs) {
-    let gprs = [
-        ("rax", r.rax),
-        ("rbx", r.rbx),
-        ("rcx", r.rcx),
-        ("rdx", r.rdx),
-        ("rsi", r.rsi),
-        ("rdi", r.rdi),
-        ("rbp", r.rbp),
-        ("rsp", r.rsp),
-        ("r8", r.r8),
-        ("r9", r.r9),
-        ("r10", r.r10),
-        ("r11", r.r11),
-        ("r12", r.r12),
-        ("r13", r.r13),
-        ("r14", r.r14),
-        ("r15", r.r15),
-        ("rip", r.rip),
-        ("rflags", r.rflags),
-    ];
+    let gprs = crate::vm::regs::general_regs(r);
     for (name, v) in gprs {
         let _ = writeln!(out, "{name:<8} {v:#018x}");
     }

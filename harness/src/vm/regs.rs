@@ -127,6 +127,30 @@ pub fn linear_rip(regs: &kvm_regs, sregs: &kvm_sregs) -> u64 {
     }
 }
 
+/// The general registers, RIP and RFLAGS by name, in display order.
+pub fn general_regs(r: &kvm_regs) -> [(&'static str, u64); 18] {
+    [
+        ("rax", r.rax),
+        ("rbx", r.rbx),
+        ("rcx", r.rcx),
+        ("rdx", r.rdx),
+        ("rsi", r.rsi),
+        ("rdi", r.rdi),
+        ("rbp", r.rbp),
+        ("rsp", r.rsp),
+        ("r8", r.r8),
+        ("r9", r.r9),
+        ("r10", r.r10),
+        ("r11", r.r11),
+        ("r12", r.r12),
+        ("r13", r.r13),
+        ("r14", r.r14),
+        ("r15", r.r15),
+        ("rip", r.rip),
+        ("rflags", r.rflags),
+    ]
+}
+
 /// A register dump for reports: general registers, RIP, RFLAGS, control
 /// registers, EFER and segment selectors.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -138,25 +162,8 @@ pub struct RegisterDump {
 impl RegisterDump {
     /// Captures `regs` and `sregs`.
     pub fn new(r: &kvm_regs, s: &kvm_sregs) -> Self {
-        let regs = vec![
-            ("rax", r.rax),
-            ("rbx", r.rbx),
-            ("rcx", r.rcx),
-            ("rdx", r.rdx),
-            ("rsi", r.rsi),
-            ("rdi", r.rdi),
-            ("rbp", r.rbp),
-            ("rsp", r.rsp),
-            ("r8", r.r8),
-            ("r9", r.r9),
-            ("r10", r.r10),
-            ("r11", r.r11),
-            ("r12", r.r12),
-            ("r13", r.r13),
-            ("r14", r.r14),
-            ("r15", r.r15),
-            ("rip", r.rip),
-            ("rflags", r.rflags),
+        let mut regs = general_regs(r).to_vec();
+        regs.extend([
             ("cs", u64::from(s.cs.selector)),
             ("ss", u64::from(s.ss.selector)),
             ("ds", u64::from(s.ds.selector)),
@@ -171,7 +178,7 @@ impl RegisterDump {
             ("gdt.base", s.gdt.base),
             ("idt.base", s.idt.base),
             ("idt.limit", u64::from(s.idt.limit)),
-        ];
+        ]);
         RegisterDump { regs }
     }
 
