@@ -11,8 +11,12 @@
 //! 0x0000_8000 - 0x0000_8fff  boot GDT (harness)
 //! 0x0002_0000 - 0x0002_ffff  kernel command line (up to 64 KiB)
 //! 0x0009_fc00 - 0x000f_ffff  legacy EBDA/VGA/BIOS hole (reserved in the map)
+//! 0x000e_0000 - 0x000f_ffff  ACPI tables (RSDP where the BIOS-area scan finds it)
 //! 0x0010_0000 - MMIO_START   RAM for the kernel, modules and the guest
-//! 0xc000_0000 - 0xffff_ffff  32-bit MMIO hole (virtio-mmio slots, IOAPIC, LAPIC)
+//! 0xc000_0000 - 0xffff_ffff  32-bit MMIO hole:
+//!     0xd000_0000 -          virtio-mmio slots, one 4 KiB page each
+//!     0xfec0_0000            IOAPIC
+//!     0xfee0_0000            LAPIC
 //! 0x1_0000_0000 -            RAM above 4 GiB when --mem exceeds the hole
 //! ```
 
@@ -41,6 +45,19 @@ pub const KERNEL_MIN_ADDR: u64 = 0x10_0000;
 pub const MMIO_START: u64 = 0xc000_0000;
 /// End (exclusive) of the 32-bit MMIO hole.
 pub const MMIO_END: u64 = 0x1_0000_0000;
+/// Where the ACPI tables go (inside the legacy hole, so the guest's scan of
+/// 0xE0000-0xFFFFF for the RSDP finds them).
+pub const ACPI_TABLES_ADDR: u64 = 0xe_0000;
+/// Size of the ACPI tables area.
+pub const ACPI_TABLES_SIZE: u64 = 0x2_0000;
+/// Base of the first virtio-mmio slot.
+pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
+/// Size of one virtio-mmio slot (one page, as Firecracker uses).
+pub const VIRTIO_MMIO_SLOT_SIZE: u64 = 0x1000;
+/// The interrupt lines of the virtio-mmio slots, in slot order: ISA lines the
+/// PC platform leaves free (0 PIT, 1 keyboard, 2 cascade, 4 COM1, 8 RTC, 9 the
+/// ACPI SCI, 13 FPU are taken). Their number bounds the number of slots.
+pub const VIRTIO_MMIO_IRQS: [u8; 8] = [5, 6, 7, 10, 11, 12, 14, 15];
 /// Base of the IOAPIC's MMIO window (reserved for later issues).
 pub const IOAPIC_ADDR: u64 = 0xfec0_0000;
 /// Base of the local APIC's MMIO window (reserved for later issues).
@@ -130,6 +147,16 @@ pub fn is_kernel_range(mem_size: u64, start: u64, len: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn virtio_slots_fit_in_the_hole_below_the_ioapic() {
+        let end = VIRTIO_MMIO_BASE + VIRTIO_MMIO_SLOT_SIZE * VIRTIO_MMIO_IRQS.len() as u64;
+        assert!(VIRTIO_MMIO_BASE >= MMIO_START && end <= IOAPIC_ADDR);
+        assert!(
+            ACPI_TABLES_ADDR >= LOW_RAM_END
+                && ACPI_TABLES_ADDR + ACPI_TABLES_SIZE <= KERNEL_MIN_ADDR
+        );
+    }
 
     #[test]
     fn small_memory_is_one_slot() {
