@@ -2,12 +2,14 @@
 
 pub mod bus;
 pub mod debug_exit;
+pub mod irq;
 pub mod pic;
 pub mod pit;
 pub mod placeholder;
 pub mod post_code;
 pub mod rtc;
 pub mod serial;
+pub mod virtio;
 
 pub use bus::{Bus, BusDevice, DeviceEvent};
 
