@@ -37,6 +37,7 @@ const RUNTIME_C: &[&str] = &[
     "runtime/start.c",
     "runtime/string.c",
     "runtime/ucall.c",
+    "runtime/virtio.c",
 ];
 
 fn main() {

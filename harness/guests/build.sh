@@ -22,7 +22,7 @@ COMMON="-O2 -g -ffreestanding -fno-builtin -fno-pic -fno-pie -no-pie \
 -Wl,-z,max-page-size=0x1000"
 
 # Runtime sources, in a fixed order.
-RUNTIME_C="runtime/idt.c runtime/serial.c runtime/start.c runtime/string.c runtime/ucall.c"
+RUNTIME_C="runtime/idt.c runtime/serial.c runtime/start.c runtime/string.c runtime/ucall.c runtime/virtio.c"
 
 cd "$here"
 tab=$(printf '\t')

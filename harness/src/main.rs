@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 use lunavm::exit_code;
 use lunavm::launch::{self, KernelSource, RunOptions};
+use lunavm::machine::virtio::VirtioSpec;
 use lunavm::machine::{IrqchipMode, MachineConfig, StopCondition};
 use lunavm::script::runner;
 use lunavm::vm::cpuid::CpuProfile;
@@ -145,6 +146,35 @@ struct RunArgs {
     /// The CMOS clock's date at virtual time zero: Unix seconds or YYYY-MM-DD[THH:MM:SS] (UTC).
     #[arg(long, value_name = "DATE", default_value = "2025-01-01", value_parser = parse_date)]
     rtc_start: i64,
+    /// A virtio disk backed by FILE (repeatable). Writes go to an in-memory overlay and the
+    /// file never changes; FILE,rw writes to the file.
+    #[arg(long, value_name = "FILE[,rw]", value_parser = parse_disk)]
+    disk: Vec<VirtioSpec>,
+    /// A virtio network card with no host networking: frames go to and from the script.
+    #[arg(long)]
+    net: bool,
+    /// A virtio console: a second console stream for the script.
+    #[arg(long)]
+    vconsole: bool,
+    /// A virtio entropy source fed from --seed.
+    #[arg(long)]
+    rng: bool,
+}
+
+impl RunArgs {
+    /// The virtio devices asked for, in slot order: disks, then net, console, rng.
+    fn virtio(&self) -> Vec<VirtioSpec> {
+        let mut v = self.disk.clone();
+        v.extend(self.net.then_some(VirtioSpec::Net));
+        v.extend(self.vconsole.then_some(VirtioSpec::Console));
+        v.extend(self.rng.then_some(VirtioSpec::Rng));
+        v
+    }
+}
+
+/// Parses `--disk`.
+fn parse_disk(s: &str) -> Result<VirtioSpec, String> {
+    VirtioSpec::parse_disk(s)
 }
 
 /// Parses `--rtc-start`.
@@ -260,6 +290,7 @@ fn cmd_run(args: RunArgs) -> u8 {
             return exit_code::BAD_INPUT;
         }
     };
+    let virtio = args.virtio();
     let kernel = match (args.kernel, args.guest) {
         (Some(path), _) => KernelSource::File(path),
         (None, Some(name)) => KernelSource::Guest(name),
@@ -288,6 +319,7 @@ fn cmd_run(args: RunArgs) -> u8 {
             strict: args.strict,
             irqchip: args.irqchip,
             rtc_start: args.rtc_start,
+            virtio,
         },
         stop: StopCondition {
             max_exits: args.max_exits,

@@ -11,6 +11,7 @@ mod run;
 pub mod stats;
 pub mod stop;
 pub mod trace;
+pub mod virtio;
 
 use std::sync::{Arc, Mutex};
 
@@ -55,6 +56,8 @@ pub struct MachineConfig {
     pub irqchip: IrqchipMode,
     /// The RTC's date at virtual time zero (Unix seconds).
     pub rtc_start: i64,
+    /// virtio devices, one virtio-mmio slot each, in this order.
+    pub virtio: Vec<virtio::VirtioSpec>,
 }
 
 /// Where the PIC, PIT (and IOAPIC/LAPIC) are emulated.
@@ -94,6 +97,7 @@ impl Default for MachineConfig {
             strict: false,
             irqchip: IrqchipMode::Userspace,
             rtc_start: crate::devices::rtc::DEFAULT_START,
+            virtio: Vec::new(),
         }
     }
 }
@@ -157,6 +161,9 @@ pub enum MachineError {
     /// No guest read is waiting for a value.
     #[error("No intercepted guest read is waiting for a value")]
     NoPendingRead,
+    /// The virtio devices could not be created.
+    #[error(transparent)]
+    Virtio(#[from] virtio::VirtioSetupError),
 }
 
 /// The machine.
@@ -200,6 +207,10 @@ pub struct Machine {
     pub(crate) platform: platform::Platform,
     /// The absolute virtual time the current run call must stop at.
     pub(crate) run_time_limit: Option<u64>,
+    /// The virtio slots.
+    pub(crate) virtio: Vec<virtio::VirtioSlot>,
+    /// Interrupt edges devices raised, delivered before the next entry.
+    pub(crate) irq_edges: std::sync::Arc<crate::devices::irq::IrqEdges>,
 }
 
 /// The current vCPU's registers as last read or written, until it runs again.
@@ -254,6 +265,16 @@ impl Machine {
             platform::Platform::new(config.rtc_start, config.irqchip == IrqchipMode::Userspace);
         platform.install(&mut pio_bus)?;
 
+        let irq_edges = crate::devices::irq::IrqEdges::new();
+        let mut mmio_bus = Bus::new();
+        let virtio = virtio::create(
+            &config.virtio,
+            &vm.mem,
+            &irq_edges,
+            config.seed,
+            &mut mmio_bus,
+        )?;
+
         let completer = Completer::new(config.no_complete.clone(), config.seed);
         Ok(Machine {
             config,
@@ -263,7 +284,7 @@ impl Machine {
             requested_cpuid,
             effective_cpuid,
             pio_bus,
-            mmio_bus: Bus::new(),
+            mmio_bus,
             serial,
             post_code,
             clock: Clock::new(),
@@ -282,6 +303,8 @@ impl Machine {
             trace: Vec::new(),
             platform,
             run_time_limit: None,
+            virtio,
+            irq_edges,
         })
     }
 
@@ -292,6 +315,8 @@ impl Machine {
         cmdline: &str,
         modules: &[Module],
     ) -> Result<&LoadedKernel, MachineError> {
+        let announced = [cmdline, &self.virtio_cmdline()].join(" ");
+        let cmdline = announced.trim();
         let kernel = boot::load(&self.vm.mem, self.vm.mem_size, image, cmdline, modules)?;
         boot::enter(&self.vcpus[0], &self.vm.mem, &kernel)?;
         self.reg_cache.invalidate();

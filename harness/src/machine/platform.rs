@@ -114,6 +114,16 @@ impl Platform {
         };
     }
 
+    /// An edge on ISA line `line` (a device's interrupt), when the PIC is
+    /// here; with the in-kernel irqchip the machine raises it in KVM.
+    pub fn pulse(&self, line: u8) {
+        if let Some((pic, _)) = &self.timers {
+            let mut pic = lock(pic);
+            pic.set_irq(line, true);
+            pic.set_irq(line, false);
+        }
+    }
+
     /// The next virtual time a timer fires, if one is armed.
     pub fn next_deadline(&self) -> Option<u64> {
         self.next_deadline

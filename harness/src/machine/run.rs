@@ -103,6 +103,7 @@ impl Machine {
     /// has passed, and inject the PIC's interrupt if the guest can take it now,
     /// else ask KVM for an exit as soon as it can (an interrupt window).
     fn prepare_entry(&mut self) -> Result<(), MachineError> {
+        self.deliver_irq_edges()?;
         let now = self.clock.now_ns();
         if self.platform.next_deadline().is_some_and(|d| d <= now) {
             self.platform.sync(now);
@@ -142,6 +143,7 @@ impl Machine {
     fn halted(&mut self) -> Result<Option<StopReason>, MachineError> {
         let regs = self.regs()?;
         let interrupts_enabled = regs.rflags & (1 << 9) != 0;
+        self.deliver_irq_edges()?;
         if interrupts_enabled {
             if self.platform.pending() {
                 return Ok(None);

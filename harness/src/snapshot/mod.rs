@@ -105,6 +105,10 @@ pub struct MachineState {
     /// In-kernel VM state, with `--irqchip kernel`.
     #[serde(default)]
     pub kernel_irqchip: Option<KernelIrqchip>,
+    /// The virtio devices, in slot order (a restore recreates them; disk
+    /// images must still be at their paths).
+    #[serde(default)]
+    pub virtio: Vec<crate::machine::virtio::VirtioSpec>,
 }
 
 /// KVM's in-kernel interrupt controllers, PIT and clock.
@@ -218,6 +222,7 @@ impl Machine {
             completions,
             entropy,
             kernel_irqchip: self.save_kernel_irqchip().map_err(boxed)?,
+            virtio: self.config.virtio.clone(),
         })
     }
 
@@ -473,6 +478,7 @@ impl Machine {
         };
         config.cpu = snap.state.cpu;
         config.seed = snap.state.seed;
+        config.virtio = snap.state.virtio.clone();
         let mut m = Machine::new(config)?;
         m.check_cpu(&snap.state)?;
         m.restore_snapshot(snap)?;
