@@ -154,6 +154,11 @@ fn add_device(st: &Shared, space: Space, spec: Table) -> ApiResult<Handle> {
     Ok(Handle { id, st: st.clone() })
 }
 
+/// Adds a `hook.pio`/`hook.mmio`-style access hook from its spec table.
+pub(super) fn access_hook(st: &Shared, space: Space, spec: Table) -> ApiResult<Handle> {
+    add_access_hook(st, space, spec)
+}
+
 fn add_access_hook(st: &Shared, space: Space, spec: Table) -> ApiResult<Handle> {
     let key = if space == Space::Pio { "port" } else { "addr" };
     let (first, last) = range(spec.get::<Value>(key)?, key)?;

@@ -13,6 +13,7 @@ mod serial;
 pub mod session;
 pub mod snapshot;
 mod t;
+mod virtio;
 mod vm;
 
 use std::cell::RefCell;
@@ -26,7 +27,7 @@ use session::Session;
 
 /// Every namespace the API registers, in reference order.
 pub const NAMESPACES: &[&str] = &[
-    "vm", "mem", "cpu", "pio", "mmio", "dev", "hook", "serial", "clock", "t",
+    "vm", "mem", "cpu", "pio", "mmio", "dev", "hook", "serial", "clock", "t", "virtio",
 ];
 
 /// The helper library shipped with lunavm, preloaded as `require("lunavm.NAME")`.
@@ -92,6 +93,7 @@ impl Scenario {
             clock::register(&lua, &session)?;
             snapshot::register(&lua, &session)?;
             t::register(&lua, &session)?;
+            virtio::register(&lua, &session)?;
             let preload: Table = lua.globals().get::<Table>("package")?.get("preload")?;
             for (name, src) in LIBRARY {
                 let chunk = lua

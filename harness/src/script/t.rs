@@ -1,7 +1,7 @@
 //! `t`: assertions and results. A failed assertion records the test's outcome
 //! and raises an error that ends the test; `t.skip` does the same for a skip.
 
-use mlua::{Lua, Value};
+use mlua::{Lua, Table, Value};
 
 use super::convert::{add_fn, location, show, ApiError, ApiResult, Shared};
 use super::session::{Outcome, SubResult};
@@ -77,6 +77,25 @@ pub fn register(lua: &Lua, st: &Shared) -> mlua::Result<()> {
                     st,
                     "t.neq",
                     format!("both are {}{}", show(&a), suffix(msg)),
+                );
+            }
+            Ok(())
+        },
+    )?;
+    add_fn(
+        lua,
+        &t,
+        st,
+        "t",
+        "match",
+        |lua, st, (s, pattern, msg): (String, String, Option<String>)| {
+            let find: mlua::Function = lua.globals().get::<Table>("string")?.get("find")?;
+            if find.call::<Value>((s.as_str(), pattern.as_str()))?.is_nil() {
+                return fail(
+                    lua,
+                    st,
+                    "t.match",
+                    format!("{s:?} does not match the pattern {pattern:?}{}", suffix(msg)),
                 );
             }
             Ok(())

@@ -63,7 +63,7 @@ pub fn register(lua: &Lua, st: &Shared) -> mlua::Result<()> {
     lua.globals().set("vm", t)
 }
 
-fn opt<T: mlua::FromLua>(opts: &Option<Table>, key: &str) -> ApiResult<Option<T>> {
+pub(super) fn opt<T: mlua::FromLua>(opts: &Option<Table>, key: &str) -> ApiResult<Option<T>> {
     match opts {
         Some(t) => t.get::<Option<T>>(key).map_err(|e| {
             ApiError::Msg(format!("option '{key}': {}", super::convert::describe(&e)))
@@ -104,6 +104,7 @@ fn boot(st: &Shared, opts: Option<Table>) -> ApiResult<()> {
     if let Some(seed) = opt::<i64>(&opts, "seed")? {
         config.seed = from_lua_int(seed);
     }
+    config.virtio = super::virtio::boot_devices(&opts)?;
     let cmdline: String = opt(&opts, "cmdline")?.unwrap_or_default();
     let mut modules = Vec::new();
     if let Some(list) = opt::<Table>(&opts, "modules")? {
