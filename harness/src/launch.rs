@@ -7,6 +7,7 @@ use crate::boot::Module;
 use crate::emulate;
 use crate::exit_code;
 use crate::guests;
+use crate::machine::virtio::VirtioSetupError;
 use crate::machine::{Machine, MachineConfig, MachineError, StopCondition, StopReason};
 use crate::report::RunReport;
 
@@ -108,7 +109,10 @@ impl LaunchError {
             | LaunchError::Load { .. }
             | LaunchError::Restore { .. }
             | LaunchError::Save { .. } => exit_code::BAD_INPUT,
-            LaunchError::Machine(MachineError::Boot(_)) => exit_code::BAD_INPUT,
+            LaunchError::Machine(MachineError::Boot(_))
+            | LaunchError::Machine(MachineError::Virtio(
+                VirtioSetupError::Disk(_) | VirtioSetupError::TooMany(_),
+            )) => exit_code::BAD_INPUT,
             LaunchError::Machine(_) | LaunchError::Gdb(_) => exit_code::HOST_ERROR,
         }
     }

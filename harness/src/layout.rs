@@ -58,6 +58,15 @@ pub const VIRTIO_MMIO_SLOT_SIZE: u64 = 0x1000;
 /// PC platform leaves free (0 PIT, 1 keyboard, 2 cascade, 4 COM1, 8 RTC, 9 the
 /// ACPI SCI, 13 FPU are taken). Their number bounds the number of slots.
 pub const VIRTIO_MMIO_IRQS: [u8; 8] = [5, 6, 7, 10, 11, 12, 14, 15];
+// The virtio slots fit in the MMIO hole below the IOAPIC, and the ACPI area
+// in the legacy hole below the kernel.
+const _: () = assert!(
+    VIRTIO_MMIO_BASE >= MMIO_START
+        && VIRTIO_MMIO_BASE + VIRTIO_MMIO_SLOT_SIZE * VIRTIO_MMIO_IRQS.len() as u64 <= IOAPIC_ADDR
+        && ACPI_TABLES_ADDR >= LOW_RAM_END
+        && ACPI_TABLES_ADDR + ACPI_TABLES_SIZE <= KERNEL_MIN_ADDR
+);
+
 /// Base of the IOAPIC's MMIO window (reserved for later issues).
 pub const IOAPIC_ADDR: u64 = 0xfec0_0000;
 /// Base of the local APIC's MMIO window (reserved for later issues).
@@ -147,16 +156,6 @@ pub fn is_kernel_range(mem_size: u64, start: u64, len: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn virtio_slots_fit_in_the_hole_below_the_ioapic() {
-        let end = VIRTIO_MMIO_BASE + VIRTIO_MMIO_SLOT_SIZE * VIRTIO_MMIO_IRQS.len() as u64;
-        assert!(VIRTIO_MMIO_BASE >= MMIO_START && end <= IOAPIC_ADDR);
-        assert!(
-            ACPI_TABLES_ADDR >= LOW_RAM_END
-                && ACPI_TABLES_ADDR + ACPI_TABLES_SIZE <= KERNEL_MIN_ADDR
-        );
-    }
 
     #[test]
     fn small_memory_is_one_slot() {

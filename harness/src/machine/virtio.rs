@@ -120,7 +120,10 @@ fn make_device(
             let disk = Disk::open(path, *mode)?;
             Box::new(Blk::new(disk, &format!("lunavm-disk{index}"), false))
         }
-        VirtioSpec::Net => Box::new(Net::new([0x02, 0x4c, 0x55, 0x4e, 0x41, index as u8])),
+        VirtioSpec::Net => {
+            let last = u8::try_from(index).unwrap_or(u8::MAX);
+            Box::new(Net::new([0x02, 0x4c, 0x55, 0x4e, 0x41, last]))
+        }
         VirtioSpec::Console => Box::new(Console::new()),
         VirtioSpec::Rng => Box::new(Rng::new(seed)),
     })

@@ -95,7 +95,10 @@ pub fn register(lua: &Lua, st: &Shared) -> mlua::Result<()> {
                     lua,
                     st,
                     "t.match",
-                    format!("{s:?} does not match the pattern {pattern:?}{}", suffix(msg)),
+                    format!(
+                        "{s:?} does not match the pattern {pattern:?}{}",
+                        suffix(msg)
+                    ),
                 );
             }
             Ok(())

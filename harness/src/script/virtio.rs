@@ -225,14 +225,13 @@ pub fn register(lua: &Lua, st: &Shared) -> mlua::Result<()> {
             let (offset, len) = (from_lua_int(offset), from_lua_int(len));
             let data = with(st, &which, "a disk", |b: &mut Blk| {
                 let disk = b.disk();
-                if offset.checked_add(len).is_none_or(|end| end > disk.size()) || len > 1 << 30
-                {
+                if offset.checked_add(len).is_none_or(|end| end > disk.size()) || len > 1 << 30 {
                     return Err(format!(
                         "{len} bytes at {offset:#x} are outside the {}-byte disk",
                         disk.size()
                     ));
                 }
-                let mut buf = vec![0; len as usize];
+                let mut buf = vec![0; crate::devices::virtio::to_usize(len)];
                 disk.read(offset, &mut buf)
                     .map_err(|e| format!("the disk image: {e}"))?;
                 Ok(buf)
@@ -284,7 +283,7 @@ pub fn register(lua: &Lua, st: &Shared) -> mlua::Result<()> {
         mmio.set("addr", to_lua_int(base + QUEUE_NOTIFY))?;
         mmio.set("on", "write")?;
         mmio.set("fn", spec.get::<Value>("fn")?)?;
-        Ok(super::dev::access_hook(st, crate::machine::intercept::Space::Mmio, mmio)?)
+        super::dev::access_hook(st, crate::machine::intercept::Space::Mmio, mmio)
     })?;
     Ok(())
 }

@@ -12,13 +12,17 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::chain::Chain;
-use super::{device_type, hexstate, read_config_bytes, Queues, VirtioDevice, VirtioError};
+use super::{
+    device_type, hexstate, len32, read_config_bytes, to_usize, Queues, VirtioDevice, VirtioError,
+};
 use crate::devices::bus::DeviceState;
 
 /// Bytes per sector, as virtio-blk counts.
 pub const SECTOR: u64 = 512;
 /// Granule of the copy-on-write overlay.
 const BLOCK: u64 = 4096;
+/// [`BLOCK`] as a buffer length.
+const BLOCK_LEN: usize = 4096;
 /// The request queue.
 const REQ: usize = 0;
 /// Feature: `seg_max` is valid.
@@ -176,7 +180,7 @@ impl Disk {
         while done < buf.len() {
             let at = offset + done as u64;
             let (block, within) = (at / BLOCK, (at % BLOCK) as usize);
-            let n = (BLOCK as usize - within).min(buf.len() - done);
+            let n = (BLOCK_LEN - within).min(buf.len() - done);
             let out = &mut buf[done..done + n];
             match self.overlay.get(&block) {
                 Some(Some(data)) => out.copy_from_slice(&data[within..within + n]),
@@ -201,10 +205,10 @@ impl Disk {
         while done < data.len() {
             let at = offset + done as u64;
             let (block, within) = (at / BLOCK, (at % BLOCK) as usize);
-            let n = (BLOCK as usize - within).min(data.len() - done);
+            let n = (BLOCK_LEN - within).min(data.len() - done);
             if !matches!(self.overlay.get(&block), Some(Some(_))) {
-                let mut fresh = vec![0u8; BLOCK as usize].into_boxed_slice();
-                if n < BLOCK as usize {
+                let mut fresh = vec![0u8; BLOCK_LEN].into_boxed_slice();
+                if n < BLOCK_LEN {
                     self.read(block * BLOCK, &mut fresh)?;
                 }
                 self.overlay.insert(block, Some(fresh));
@@ -226,7 +230,7 @@ impl Disk {
             if self.mode == DiskMode::Overlay && within == 0 && n == BLOCK {
                 self.overlay.insert(at / BLOCK, None);
             } else {
-                self.write(at, &vec![0; n as usize])?;
+                self.write(at, &vec![0; to_usize(n)])?;
             }
             at += n;
         }
@@ -329,10 +333,10 @@ impl Blk {
                 match offset.filter(|&o| data_in % SECTOR == 0 && self.disk.in_range(o, data_in)) {
                     None => st::IOERR,
                     Some(o) => {
-                        let mut buf = vec![0; (data_in as usize).min(1 << 20)];
+                        let mut buf = vec![0; to_usize(data_in).min(1 << 20)];
                         let mut at = o;
                         while w.remaining() > 1 {
-                            let n = ((w.remaining() - 1) as usize).min(buf.len());
+                            let n = to_usize(w.remaining() - 1).min(buf.len());
                             self.disk.read(at, &mut buf[..n]).map_err(io)?;
                             w.write(&buf[..n]);
                             at += n as u64;
@@ -348,7 +352,7 @@ impl Blk {
                     _ if self.read_only => st::IOERR,
                     None => st::IOERR,
                     Some(o) => {
-                        let mut buf = vec![0; (len as usize).min(1 << 20)];
+                        let mut buf = vec![0; to_usize(len).min(1 << 20)];
                         let mut at = o;
                         loop {
                             let n = r.read(&mut buf);
@@ -368,7 +372,7 @@ impl Blk {
                 st::OK
             }
             req::GET_ID => {
-                let n = (data_in as usize).min(20);
+                let n = to_usize(data_in).min(20);
                 w.write(&self.id[..n]);
                 st::OK
             }
@@ -401,7 +405,7 @@ impl Blk {
         let mut w = chain.writer(mem);
         w.skip(chain.writable_len() - 1);
         w.write(&[status]);
-        Ok((status, (written + 1) as u32))
+        Ok((status, len32(written + 1)))
     }
 }
 
@@ -430,7 +434,7 @@ impl VirtioDevice for Blk {
         cfg[12..16].copy_from_slice(&seg_max.to_le_bytes());
         cfg[36..40].copy_from_slice(&MAX_DISCARD_SECTORS.to_le_bytes());
         cfg[40..44].copy_from_slice(&1u32.to_le_bytes()); // max_discard_seg
-        cfg[44..48].copy_from_slice(&((BLOCK / SECTOR) as u32).to_le_bytes());
+        cfg[44..48].copy_from_slice(&len32(BLOCK / SECTOR).to_le_bytes());
         read_config_bytes(&cfg, offset, data);
     }
 

@@ -86,18 +86,18 @@ struct Desc {
 
 fn read_desc(mem: &GuestMem, table: GuestAddress, index: u16) -> Result<Desc, ChainError> {
     let at = table.0 + u64::from(index) * DESC_SIZE;
-    let mut raw = [0u8; DESC_SIZE as usize];
+    let mut raw = [0u8; 16];
     mem.read_slice(&mut raw, GuestAddress(at))
         .map_err(|_| ChainError::OutsideMemory {
             addr: at,
             len: DESC_SIZE,
         })?;
-    let word = |r: std::ops::Range<usize>| raw[r].iter().rev().fold(0u64, |a, &b| a << 8 | u64::from(b));
+    let [a0, a1, a2, a3, a4, a5, a6, a7, l0, l1, l2, l3, f0, f1, n0, n1] = raw;
     Ok(Desc {
-        addr: word(0..8),
-        len: word(8..12) as u32,
-        flags: word(12..14) as u16,
-        next: word(14..16) as u16,
+        addr: u64::from_le_bytes([a0, a1, a2, a3, a4, a5, a6, a7]),
+        len: u32::from_le_bytes([l0, l1, l2, l3]),
+        flags: u16::from_le_bytes([f0, f1]),
+        next: u16::from_le_bytes([n0, n1]),
     })
 }
 
@@ -252,12 +252,12 @@ impl<'a> Cursor<'a> {
         let mut moved = 0;
         while moved < len && self.at < self.bufs.len() {
             let b = self.bufs[self.at];
-            let n = ((b.len - self.off) as usize).min(len - moved);
+            let n = super::to_usize(u64::from(b.len - self.off)).min(len - moved);
             if n > 0 && !f(b.addr + u64::from(self.off), n, moved) {
                 break;
             }
             moved += n;
-            self.off += n as u32;
+            self.off += super::len32(n as u64);
             if self.off == b.len {
                 self.at += 1;
                 self.off = 0;
@@ -337,7 +337,13 @@ pub(crate) mod tests {
         put_desc(&m, T, 1, 0x5000, 512, F_NEXT | F_WRITE, 2);
         put_desc(&m, T, 2, 0x6000, 1, F_WRITE, 0);
         let c = Chain::walk(&m, GuestAddress(T), 8, 0).unwrap();
-        assert_eq!(c.readable, vec![Buffer { addr: 0x4000, len: 16 }]);
+        assert_eq!(
+            c.readable,
+            vec![Buffer {
+                addr: 0x4000,
+                len: 16
+            }]
+        );
         assert_eq!(c.writable.len(), 2);
         assert_eq!((c.readable_len(), c.writable_len()), (16, 513));
     }
@@ -380,7 +386,10 @@ pub(crate) mod tests {
         );
         put_desc(&m, T, 0, 0x4000, 16, F_NEXT | F_WRITE, 1);
         put_desc(&m, T, 1, 0x5000, 16, 0, 0);
-        assert_eq!(Chain::walk(&m, GuestAddress(T), 8, 0), Err(ChainError::Order));
+        assert_eq!(
+            Chain::walk(&m, GuestAddress(T), 8, 0),
+            Err(ChainError::Order)
+        );
         put_desc(&m, T, 0, 0x4000, u32::MAX, F_NEXT, 1);
         put_desc(&m, T, 1, 0x4000, 16, 0, 0);
         // u32::MAX bytes at 0x4000 is outside a 1 MiB memory before it is too long.

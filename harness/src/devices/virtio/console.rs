@@ -6,7 +6,9 @@ use std::any::Any;
 
 use serde::{Deserialize, Serialize};
 
-use super::{device_type, hexstate, read_config_bytes, Queues, VirtioDevice, VirtioError};
+use super::{
+    device_type, hexstate, len32, read_config_bytes, to_usize, Queues, VirtioDevice, VirtioError,
+};
 use crate::devices::bus::DeviceState;
 
 /// receiveq: host to guest.
@@ -69,7 +71,7 @@ impl Console {
             };
             let n = chain.writer(queues.mem()).write(&self.state.input);
             self.state.input.drain(..n);
-            queues.complete(RX, chain.head, n as u32)?;
+            queues.complete(RX, chain.head, len32(n as u64))?;
         }
         Ok(())
     }
@@ -101,7 +103,7 @@ impl VirtioDevice for Console {
         match index {
             TX => {
                 while let Some(chain) = queues.pop(TX)? {
-                    let len = chain.readable_len().min(1 << 20) as usize;
+                    let len = to_usize(chain.readable_len().min(1 << 20));
                     let mut buf = vec![0; len];
                     let n = chain.reader(queues.mem()).read(&mut buf);
                     let out = &mut self.state.output;

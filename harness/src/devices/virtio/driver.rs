@@ -5,7 +5,7 @@
 use vm_memory::{Bytes, GuestAddress};
 
 use super::mmio::MmioTransport;
-use super::{status, VIRTIO_F_VERSION_1};
+use super::{halves, status, to_usize, VIRTIO_F_VERSION_1};
 use crate::devices::bus::BusDevice;
 use crate::vm::memory::GuestMem;
 
@@ -86,10 +86,11 @@ impl Driver {
         write32(t, 0x70, 0);
         write32(t, 0x70, status::ACKNOWLEDGE);
         write32(t, 0x70, status::ACKNOWLEDGE | status::DRIVER);
+        let (lo, hi) = halves(features);
         write32(t, 0x24, 0);
-        write32(t, 0x20, features as u32);
+        write32(t, 0x20, lo);
         write32(t, 0x24, 1);
-        write32(t, 0x20, (features >> 32) as u32);
+        write32(t, 0x20, hi);
         write32(
             t,
             0x70,
@@ -109,13 +110,18 @@ impl Driver {
             avail_idx: 0,
             used_seen: 0,
         };
-        let zeros = vec![0u8; QUEUE_AREA as usize];
+        let zeros = vec![0u8; to_usize(QUEUE_AREA)];
         let _ = self.mem.write_slice(&zeros, GuestAddress(base));
         write32(t, 0x30, u32::from(index));
         write32(t, 0x38, u32::from(size));
-        for (reg, addr) in [(0x80, ring.desc()), (0x90, ring.avail()), (0xa0, ring.used())] {
-            write32(t, reg, addr as u32);
-            write32(t, reg + 4, (addr >> 32) as u32);
+        for (reg, addr) in [
+            (0x80, ring.desc()),
+            (0x90, ring.avail()),
+            (0xa0, ring.used()),
+        ] {
+            let (lo, hi) = halves(addr);
+            write32(t, reg, lo);
+            write32(t, reg + 4, hi);
         }
         write32(t, 0x44, 1);
         let i = usize::from(index);
@@ -138,9 +144,10 @@ impl Driver {
         let mem = self.mem.clone();
         let ring = self.rings.get_mut(usize::from(index))?.as_mut()?;
         let head = ring.next_desc;
-        for (i, b) in bufs.iter().enumerate() {
-            let d = (head + i as u16) % ring.size;
-            let last = i + 1 == bufs.len();
+        let n = u16::try_from(bufs.len()).unwrap_or(u16::MAX);
+        for (i, b) in (0u16..).zip(bufs) {
+            let d = head.wrapping_add(i) % ring.size;
+            let last = i + 1 == n;
             let flags = u16::from(!last) | if b.write { 2 } else { 0 };
             let mut raw = [0u8; 16];
             raw[0..8].copy_from_slice(&b.addr.to_le_bytes());
@@ -149,7 +156,7 @@ impl Driver {
             raw[14..16].copy_from_slice(&((d + 1) % ring.size).to_le_bytes());
             let _ = mem.write_slice(&raw, GuestAddress(ring.desc() + u64::from(d) * 16));
         }
-        ring.next_desc = (head + bufs.len() as u16) % ring.size;
+        ring.next_desc = head.wrapping_add(n) % ring.size;
         let slot = ring.avail() + 4 + u64::from(ring.avail_idx % ring.size) * 2;
         let _ = mem.write_obj(head, GuestAddress(slot));
         ring.avail_idx = ring.avail_idx.wrapping_add(1);

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use virtio_queue::{Queue, QueueState, QueueT};
 use vm_memory::GuestAddress;
 
-use super::{status, Queues, VirtioDevice, VirtioError, QUEUE_MAX_SIZE};
+use super::{halves, status, Queues, VirtioDevice, VirtioError, QUEUE_MAX_SIZE};
 use super::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC};
 use crate::devices::bus::{BusDevice, DeviceEvent, DeviceState, DeviceStateError};
 use crate::devices::irq::IrqLine;
@@ -249,11 +249,14 @@ impl MmioTransport {
             reg::VERSION => VERSION,
             reg::DEVICE_ID => self.device.device_type(),
             reg::VENDOR_ID => VENDOR_ID,
-            reg::DEVICE_FEATURES => match self.regs.device_features_sel {
-                0 => self.offered_features() as u32,
-                1 => (self.offered_features() >> 32) as u32,
-                _ => 0,
-            },
+            reg::DEVICE_FEATURES => {
+                let (lo, hi) = halves(self.offered_features());
+                match self.regs.device_features_sel {
+                    0 => lo,
+                    1 => hi,
+                    _ => 0,
+                }
+            }
             reg::QUEUE_NUM_MAX => q.map_or(0, |q| u32::from(q.max_size())),
             reg::QUEUE_READY => q.map_or(0, |q| u32::from(q.ready())),
             reg::INTERRUPT_STATUS => self.regs.interrupt_status,
@@ -282,18 +285,21 @@ impl MmioTransport {
             reg::QUEUE_NOTIFY => self.notify(v),
             reg::INTERRUPT_ACK => self.regs.interrupt_status &= !v,
             reg::STATUS => self.write_status(v),
-            _ => self.needs_reset(format!("write to read-only or unknown register {offset:#x}")),
+            _ => self.needs_reset(format!(
+                "write to read-only or unknown register {offset:#x}"
+            )),
         }
     }
 
     fn write_driver_features(&mut self, v: u32) {
-        if self.regs.status & status::FEATURES_OK != 0
-            || self.regs.status & status::DRIVER == 0
-        {
+        if self.regs.status & status::FEATURES_OK != 0 || self.regs.status & status::DRIVER == 0 {
             return self.needs_reset("driver features written outside feature negotiation".into());
         }
         match self.regs.driver_features_sel {
-            0 => self.regs.driver_features = (self.regs.driver_features & !0xffff_ffff) | u64::from(v),
+            0 => {
+                self.regs.driver_features =
+                    (self.regs.driver_features & !0xffff_ffff) | u64::from(v)
+            }
             1 => {
                 self.regs.driver_features =
                     (self.regs.driver_features & 0xffff_ffff) | (u64::from(v) << 32)
@@ -321,11 +327,21 @@ impl MmioTransport {
             reg::QUEUE_NUM => u16::try_from(v)
                 .map_err(|_| virtio_queue::Error::InvalidSize)
                 .and_then(|n| q.try_set_size(n)),
-            reg::QUEUE_DESC_LOW => q.try_set_desc_table_address(GuestAddress(set_low(q.desc_table()))),
-            reg::QUEUE_DESC_HIGH => q.try_set_desc_table_address(GuestAddress(set_high(q.desc_table()))),
-            reg::QUEUE_DRIVER_LOW => q.try_set_avail_ring_address(GuestAddress(set_low(q.avail_ring()))),
-            reg::QUEUE_DRIVER_HIGH => q.try_set_avail_ring_address(GuestAddress(set_high(q.avail_ring()))),
-            reg::QUEUE_DEVICE_LOW => q.try_set_used_ring_address(GuestAddress(set_low(q.used_ring()))),
+            reg::QUEUE_DESC_LOW => {
+                q.try_set_desc_table_address(GuestAddress(set_low(q.desc_table())))
+            }
+            reg::QUEUE_DESC_HIGH => {
+                q.try_set_desc_table_address(GuestAddress(set_high(q.desc_table())))
+            }
+            reg::QUEUE_DRIVER_LOW => {
+                q.try_set_avail_ring_address(GuestAddress(set_low(q.avail_ring())))
+            }
+            reg::QUEUE_DRIVER_HIGH => {
+                q.try_set_avail_ring_address(GuestAddress(set_high(q.avail_ring())))
+            }
+            reg::QUEUE_DEVICE_LOW => {
+                q.try_set_used_ring_address(GuestAddress(set_low(q.used_ring())))
+            }
             _ => q.try_set_used_ring_address(GuestAddress(set_high(q.used_ring()))),
         };
         if let Err(e) = result {

@@ -231,6 +231,25 @@ pub trait VirtioDevice: Send {
     fn as_any(&self) -> &dyn Any;
 }
 
+/// `n` as a 32-bit length, saturating (a chain holds at most 4 GiB).
+pub fn len32(n: u64) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// `n` as a `usize`, saturating.
+pub fn to_usize(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
+}
+
+/// The low and high 32-bit halves of `v`, as 64-bit registers are split.
+pub fn halves(v: u64) -> (u32, u32) {
+    let b = v.to_le_bytes();
+    (
+        u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+        u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
+    )
+}
+
 /// Copies `src` into `data` from byte `offset` of a configuration space;
 /// bytes past its end read as 0.
 pub fn read_config_bytes(src: &[u8], offset: u64, data: &mut [u8]) {

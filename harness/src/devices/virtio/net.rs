@@ -8,7 +8,9 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
-use super::{device_type, hexstate, read_config_bytes, Queues, VirtioDevice, VirtioError};
+use super::{
+    device_type, hexstate, len32, read_config_bytes, to_usize, Queues, VirtioDevice, VirtioError,
+};
 use crate::devices::bus::DeviceState;
 
 /// receiveq.
@@ -108,7 +110,7 @@ impl Net {
 
     fn transmit(&mut self, queues: &mut Queues<'_>) -> Result<(), VirtioError> {
         while let Some(chain) = queues.pop(TX)? {
-            let len = chain.readable_len() as usize;
+            let len = to_usize(chain.readable_len());
             if !(HDR_LEN..=HDR_LEN + MAX_FRAME).contains(&len) {
                 self.state.stats.dropped += 1;
             } else {
@@ -146,7 +148,7 @@ impl Net {
             w.write(frame);
             self.state.to_guest.pop_front();
             self.state.stats.rx_frames += 1;
-            queues.complete(RX, chain.head, total as u32)?;
+            queues.complete(RX, chain.head, len32(total as u64))?;
         }
         Ok(())
     }

@@ -5,7 +5,7 @@ use std::any::Any;
 
 use serde::{Deserialize, Serialize};
 
-use super::{device_type, read_config_bytes, Queues, VirtioDevice, VirtioError};
+use super::{device_type, len32, read_config_bytes, to_usize, Queues, VirtioDevice, VirtioError};
 use crate::devices::bus::DeviceState;
 use crate::entropy::Entropy;
 
@@ -67,14 +67,14 @@ impl VirtioDevice for Rng {
         while let Some(chain) = queues.pop(index)? {
             let mut w = chain.writer(queues.mem());
             // At most 64 KiB a request: a driver asking for more gets a short read.
-            let want = w.remaining().min(64 << 10) as usize;
+            let want = to_usize(w.remaining().min(64 << 10));
             let mut buf = Vec::with_capacity(want + 8);
             while buf.len() < want {
                 buf.extend_from_slice(&self.state.stream.next_u64().to_le_bytes());
             }
             let n = w.write(&buf[..want]);
             self.state.bytes += n as u64;
-            queues.complete(index, chain.head, n as u32)?;
+            queues.complete(index, chain.head, len32(n as u64))?;
         }
         Ok(())
     }

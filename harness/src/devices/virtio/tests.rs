@@ -44,8 +44,8 @@ impl Rig {
         let mut r = Rig::new(dev);
         let s = r.d.negotiate(&mut r.t, 0);
         assert_eq!(s & status::FEATURES_OK, status::FEATURES_OK);
-        for q in 0..queues {
-            r.d.setup_queue(&mut r.t, q as u16, 16, RINGS + q as u64 * 0x4000);
+        for q in 0..u16::try_from(queues).unwrap() {
+            r.d.setup_queue(&mut r.t, q, 16, RINGS + u64::from(q) * 0x4000);
         }
         assert_eq!(r.d.start(&mut r.t) & status::DRIVER_OK, status::DRIVER_OK);
         r
@@ -119,11 +119,13 @@ fn registers_identify_a_virtio_1_device() {
 fn blk_writes_then_reads_back_through_the_overlay() {
     let mut r = Rig::live(blk(1 << 20));
     let m = r.mem();
-    m.write_slice(&[0x5a; 1024], GuestAddress(DATA + 0x1000)).unwrap();
+    m.write_slice(&[0x5a; 1024], GuestAddress(DATA + 0x1000))
+        .unwrap();
     assert_eq!(r.blk(1, 3, Some(buf(DATA + 0x1000, 1024, false))), 0);
     assert_eq!(r.blk(0, 3, Some(buf(DATA + 0x2000, 1024, true))), 0);
     let mut back = [0u8; 1024];
-    m.read_slice(&mut back, GuestAddress(DATA + 0x2000)).unwrap();
+    m.read_slice(&mut back, GuestAddress(DATA + 0x2000))
+        .unwrap();
     assert_eq!(back, [0x5a; 1024]);
     assert_eq!(r.d.used(0).len(), 2);
     assert!(r.edges.take() & (1 << 5) != 0, "used buffers interrupt");
@@ -142,7 +144,9 @@ fn blk_errors_complete_with_a_status_not_a_reset() {
     // get-id
     assert_eq!(r.blk(8, 0, Some(buf(DATA + 0x3000, 20, true))), 0);
     let mut id = [0u8; 11];
-    r.mem().read_slice(&mut id, GuestAddress(DATA + 0x3000)).unwrap();
+    r.mem()
+        .read_slice(&mut id, GuestAddress(DATA + 0x3000))
+        .unwrap();
     assert_eq!(&id, b"lunavm-test");
     assert!(!r.needs_reset());
 }
@@ -151,7 +155,8 @@ fn blk_errors_complete_with_a_status_not_a_reset() {
 fn blk_discard_zeroes_and_flush_succeeds() {
     let mut r = Rig::live(blk(1 << 20));
     let m = r.mem();
-    m.write_slice(&[0x11; 8192], GuestAddress(DATA + 0x1000)).unwrap();
+    m.write_slice(&[0x11; 8192], GuestAddress(DATA + 0x1000))
+        .unwrap();
     assert_eq!(r.blk(1, 0, Some(buf(DATA + 0x1000, 8192, false))), 0);
     let mut seg = [0u8; 16];
     seg[0..8].copy_from_slice(&2u64.to_le_bytes());
@@ -160,7 +165,8 @@ fn blk_discard_zeroes_and_flush_succeeds() {
     assert_eq!(r.blk(11, 0, Some(buf(DATA + 0x3000, 16, false))), 0);
     assert_eq!(r.blk(0, 0, Some(buf(DATA + 0x5000, 8192, true))), 0);
     let mut back = vec![0u8; 8192];
-    m.read_slice(&mut back, GuestAddress(DATA + 0x5000)).unwrap();
+    m.read_slice(&mut back, GuestAddress(DATA + 0x5000))
+        .unwrap();
     assert!(back[..1024].iter().all(|&b| b == 0x11));
     assert!(back[1024..7168].iter().all(|&b| b == 0));
     assert!(back[7168..].iter().all(|&b| b == 0x11));
@@ -174,7 +180,11 @@ fn a_blk_request_without_a_status_byte_needs_reset() {
     assert!(r.needs_reset());
     assert!(r.t.interrupt_status() & INT_CONFIG != 0);
     // Further notifications are ignored until the driver resets.
-    r.d.submit(&mut r.t, 0, &[buf(DATA, 16, false), buf(DATA + 0x100, 1, true)]);
+    r.d.submit(
+        &mut r.t,
+        0,
+        &[buf(DATA, 16, false), buf(DATA + 0x100, 1, true)],
+    );
     assert_eq!(r.t.stats().ignored_notifications, 1);
     r.write32(0x70, 0);
     assert_eq!(r.read32(0x70), 0);
@@ -200,17 +210,26 @@ fn net_frames_go_both_ways() {
     let m = r.mem();
     // Guest to host: a 12-byte header, then the frame.
     m.write_slice(&[0u8; 12], GuestAddress(DATA)).unwrap();
-    m.write_slice(b"hello frame", GuestAddress(DATA + 12)).unwrap();
+    m.write_slice(b"hello frame", GuestAddress(DATA + 12))
+        .unwrap();
     r.d.submit(&mut r.t, 1, &[buf(DATA, 23, false)]).unwrap();
-    let frame = r.t.host(|d| d.as_any_mut().downcast_mut::<Net>().unwrap().recv());
+    let frame =
+        r.t.host(|d| d.as_any_mut().downcast_mut::<Net>().unwrap().recv());
     assert_eq!(frame.as_deref(), Some(&b"hello frame"[..]));
     // Host to guest, queued before the guest posts a buffer.
-    r.t.host(|d| d.as_any_mut().downcast_mut::<Net>().unwrap().send(b"to guest"));
+    r.t.host(|d| {
+        d.as_any_mut()
+            .downcast_mut::<Net>()
+            .unwrap()
+            .send(b"to guest")
+    });
     assert!(r.d.used(0).is_empty());
-    r.d.submit(&mut r.t, 0, &[buf(DATA + 0x1000, 1526, true)]).unwrap();
+    r.d.submit(&mut r.t, 0, &[buf(DATA + 0x1000, 1526, true)])
+        .unwrap();
     assert_eq!(r.d.used(0), vec![(0, 20)]);
     let mut b = [0u8; 8];
-    m.read_slice(&mut b, GuestAddress(DATA + 0x1000 + 12)).unwrap();
+    m.read_slice(&mut b, GuestAddress(DATA + 0x1000 + 12))
+        .unwrap();
     assert_eq!(&b, b"to guest");
     // MAC in the configuration space.
     let mut mac = [0u8; 6];
@@ -224,7 +243,8 @@ fn console_streams_both_ways() {
     let m = r.mem();
     m.write_slice(b"from guest", GuestAddress(DATA)).unwrap();
     r.d.submit(&mut r.t, 1, &[buf(DATA, 10, false)]).unwrap();
-    r.d.submit(&mut r.t, 0, &[buf(DATA + 0x1000, 4, true)]).unwrap();
+    r.d.submit(&mut r.t, 0, &[buf(DATA + 0x1000, 4, true)])
+        .unwrap();
     let out = r.t.host(|d| {
         let c = d.as_any_mut().downcast_mut::<Console>().unwrap();
         c.queue_input(b"typed");
@@ -233,7 +253,8 @@ fn console_streams_both_ways() {
     assert_eq!(out, b"from guest");
     // Four bytes fit the posted buffer; the fifth waits for the next one.
     assert_eq!(r.d.used(0), vec![(0, 4)]);
-    r.d.submit(&mut r.t, 0, &[buf(DATA + 0x2000, 4, true)]).unwrap();
+    r.d.submit(&mut r.t, 0, &[buf(DATA + 0x2000, 4, true)])
+        .unwrap();
     assert_eq!(r.d.used(0), vec![(1, 1)]);
 }
 
@@ -245,7 +266,10 @@ fn bad_feature_sequences_are_refused() {
     assert_eq!(s & status::FEATURES_OK, 0);
     assert_eq!(r.t.stats().features_refused, 1);
     // DRIVER_OK without FEATURES_OK.
-    r.write32(0x70, status::ACKNOWLEDGE | status::DRIVER | status::DRIVER_OK);
+    r.write32(
+        0x70,
+        status::ACKNOWLEDGE | status::DRIVER | status::DRIVER_OK,
+    );
     assert!(r.needs_reset());
     // Driver features after FEATURES_OK.
     let mut r = Rig::live(Box::new(Rng::new(1)));
@@ -300,7 +324,13 @@ fn hostile_chains_need_reset_and_touch_nothing_outside() {
     put_desc(&m, RINGS, 1, DATA + 8, 8, 1 | 2, 0);
     r.d.notify(&mut r.t, 0);
     assert!(r.needs_reset());
-    assert!(r.t.stats().last_violation.as_deref().unwrap().contains("loops"));
+    assert!(r
+        .t
+        .stats()
+        .last_violation
+        .as_deref()
+        .unwrap()
+        .contains("loops"));
     // A buffer past the end of memory.
     let mut r = Rig::live(Box::new(Rng::new(1)));
     r.d.submit(&mut r.t, 0, &[buf((1 << 20) - 16, 64, true)]);
@@ -308,13 +338,17 @@ fn hostile_chains_need_reset_and_touch_nothing_outside() {
     assert!(r.d.used(0).is_empty());
     // An available index far ahead of the queue.
     let mut r = Rig::live(Box::new(Rng::new(1)));
-    r.mem().write_obj(100u16, GuestAddress(RINGS + 0x1000 + 2)).unwrap();
+    r.mem()
+        .write_obj(100u16, GuestAddress(RINGS + 0x1000 + 2))
+        .unwrap();
     r.d.notify(&mut r.t, 0);
     assert!(r.needs_reset());
     // A head index past the table.
     let mut r = Rig::live(Box::new(Rng::new(1)));
     r.d.post(0, &[buf(DATA, 8, true)]);
-    r.mem().write_obj(200u16, GuestAddress(RINGS + 0x1000 + 4)).unwrap();
+    r.mem()
+        .write_obj(200u16, GuestAddress(RINGS + 0x1000 + 4))
+        .unwrap();
     r.d.notify(&mut r.t, 0);
     assert!(r.needs_reset());
 }
@@ -339,7 +373,8 @@ fn save_and_restore_in_the_middle_of_a_sequence_changes_nothing() {
     let run = |snapshot: bool| {
         let mut r = Rig::live(blk(1 << 20));
         let m = r.mem();
-        m.write_slice(&[7; 512], GuestAddress(DATA + 0x1000)).unwrap();
+        m.write_slice(&[7; 512], GuestAddress(DATA + 0x1000))
+            .unwrap();
         r.blk(1, 1, Some(buf(DATA + 0x1000, 512, false)));
         if snapshot {
             // The whole "machine": device, driver and guest memory.
@@ -347,7 +382,8 @@ fn save_and_restore_in_the_middle_of_a_sequence_changes_nothing() {
             let mut memory = vec![0u8; 1 << 20];
             m.read_slice(&mut memory, GuestAddress(0)).unwrap();
             // Something different happens, then the restore takes it back.
-            m.write_slice(&[9; 512], GuestAddress(DATA + 0x1000)).unwrap();
+            m.write_slice(&[9; 512], GuestAddress(DATA + 0x1000))
+                .unwrap();
             r.blk(1, 1, Some(buf(DATA + 0x1000, 512, false)));
             r.t.restore(&device).unwrap();
             r.d = driver;
@@ -355,7 +391,8 @@ fn save_and_restore_in_the_middle_of_a_sequence_changes_nothing() {
         }
         r.blk(0, 1, Some(buf(DATA + 0x2000, 512, true)));
         let mut back = [0u8; 512];
-        m.read_slice(&mut back, GuestAddress(DATA + 0x2000)).unwrap();
+        m.read_slice(&mut back, GuestAddress(DATA + 0x2000))
+            .unwrap();
         (back, r.t.save())
     };
     let (a, sa) = run(false);
@@ -364,4 +401,3 @@ fn save_and_restore_in_the_middle_of_a_sequence_changes_nothing() {
     assert_eq!(a, b);
     assert_eq!(sa, sb);
 }
-
