@@ -11,6 +11,7 @@ pub mod devices;
 pub mod emulate;
 pub mod entropy;
 pub mod exit_code;
+pub mod fuzz;
 pub mod gdb;
 pub mod guests;
 pub mod launch;

@@ -181,13 +181,15 @@ impl BusDevice for SerialDevice {
         let echo = self.uart.writer().echo;
         let irq = IrqLine::default();
         let count = state["interrupts"].as_u64().unwrap_or(0);
-        irq.raised.store(count, Ordering::Relaxed);
         let sink = SerialSink {
             log: bytes("output")?,
             echo,
         };
-        self.uart = Serial::from_state(&st, irq, vm_superio::serial::NoEvents, sink)
+        self.uart = Serial::from_state(&st, irq.clone(), vm_superio::serial::NoEvents, sink)
             .map_err(|e| err(&format!("{e:?}")))?;
+        // vm-superio raises the line again for a pending interrupt while
+        // rebuilding: that is not a new interrupt, so the count is set after.
+        irq.raised.store(count, Ordering::Relaxed);
         self.pending_input = bytes("pending_input")?.into();
         Ok(())
     }
