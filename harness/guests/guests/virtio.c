@@ -9,9 +9,13 @@
  *            were; then rounds=R (default 4) rounds of: write a 4 KiB pattern
  *            at sector 8*(round % (capacity/8)), read it back, compare; a read
  *            past the end must fail with IOERR; flush. Prints a checksum.
+ *            verify=0 skips the pattern, the compare and the checksum (pure
+ *            I/O, for benchmarks).
  *   net      sends frames=F (default 2) frames (broadcast, ethertype 0x88b5,
- *            payload "lunavm frame N"); with netwait=N then waits for N frames
- *            from the host and prints each one's length and payload text.
+ *            payload "lunavm frame N"); netecho=E then makes E round trips
+ *            (a frame out, wait for a frame back, as a benchmark does); with
+ *            netwait=N then waits for N frames from the host and prints each
+ *            one's length and payload text.
  *   console  writes "virtio-console: hello" to the device; with coninput=N
  *            waits for N bytes of input and prints them.
  *   rng      reads 16 bytes and prints them in hex.
@@ -84,17 +88,22 @@ static void do_blk(struct virtio_dev *d, const char *cmdline)
 	bool sync = cmdline_get_u64(cmdline, "sync", 0);
 	uint32_t sum = 2166136261u;
 	uint64_t slots = cap / 8;
+	bool verify = cmdline_get_u64(cmdline, "verify", 1);
 	for (uint64_t r = 0; r < rounds && slots; r++) {
 		if (sync)
 			ucall_sync(r);
 		uint64_t sector = 8 * (r % slots);
-		for (int i = 0; i < 4096; i++)
-			buf[i] = (uint8_t)(i * 7 + r * 13 + (i >> 8));
+		if (verify)
+			for (int i = 0; i < 4096; i++)
+				buf[i] = (uint8_t)(i * 7 + r * 13 + (i >> 8));
 		CHECK(blk_io(d, 1, sector, buf, 4096, false) == 0, "blk write round %llu\n",
 		      (unsigned long long)r);
-		memset(back, 0, sizeof(back));
+		if (verify)
+			memset(back, 0, sizeof(back));
 		CHECK(blk_io(d, 0, sector, back, 4096, true) == 0, "blk read round %llu\n",
 		      (unsigned long long)r);
+		if (!verify)
+			continue;
 		CHECK(memcmp(buf, back, 4096) == 0, "blk data round %llu\n", (unsigned long long)r);
 		for (int i = 0; i < 4096; i++)
 			sum = (sum ^ back[i]) * 16777619u;
@@ -132,6 +141,23 @@ static void do_net(struct virtio_dev *d, const char *cmdline)
 		CHECK(virtq_wait(d, 1, NULL, 0) >= 0, "net tx\n");
 	}
 	printf("net: sent %llu frames\n", (unsigned long long)frames);
+	/* Round trips: one frame out, the same frame back from the host. */
+	uint64_t echo = cmdline_get_u64(cmdline, "netecho", 0);
+	for (uint64_t n = 0; n < echo; n++) {
+		struct virtio_buf b = { frame, 26 + 16, false };
+		virtq_submit(d, 1, &b, 1);
+		CHECK(virtq_wait(d, 1, NULL, 0) >= 0, "net echo tx\n");
+		uint32_t len = 0;
+		int id = virtq_wait(d, 0, &len, 0);
+		if (id < 0 || id >= VIRTQ_SIZE) {
+			CHECK(0, "net echo rx\n");
+			break;
+		}
+		struct virtio_buf r = { rx[id], sizeof(rx[0]), true };
+		virtq_submit(d, 0, &r, 1);
+	}
+	if (echo)
+		printf("net: %llu round trips\n", (unsigned long long)echo);
 	for (uint64_t n = 0; n < wait; n++) {
 		uint32_t len = 0;
 		int id = virtq_wait(d, 0, &len, 0);
