@@ -1,6 +1,5 @@
 //! Helpers the benchmarks share: statistics, the results table, what machine
 //! a run was on, and spawning VMMs (lunavm and QEMU) under a clock.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -19,15 +18,22 @@ pub const QEMU: &str = "qemu-system-x86_64";
 /// Summary of a sample.
 #[derive(Clone, Copy, Debug)]
 pub struct Stats {
+    /// Sample size.
     pub n: usize,
+    /// Smallest value.
     pub min: f64,
+    /// First quartile.
     pub q1: f64,
+    /// Median.
     pub median: f64,
+    /// Third quartile.
     pub q3: f64,
+    /// Largest value.
     pub max: f64,
 }
 
 impl Stats {
+    /// The statistics of `values`.
     pub fn of(values: &[f64]) -> Stats {
         let mut v = values.to_vec();
         v.sort_by(f64::total_cmp);
@@ -51,6 +57,7 @@ impl Stats {
         }
     }
 
+    /// As JSON, with `unit`.
     pub fn json(&self, unit: &str) -> Value {
         json!({
             "unit": unit, "n": self.n, "median": self.median, "min": self.min,
@@ -59,25 +66,32 @@ impl Stats {
     }
 }
 
+/// `d` in milliseconds.
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+/// The median of `values`.
 pub fn median_of(values: &[f64]) -> f64 {
     Stats::of(values).median
 }
 
 // ---------------------------------------------------------------- the table
 
+/// A results table: sections and rows of statistics.
+#[derive(Default)]
 pub struct Table {
+    /// Rows: a section title alone, or a name and six columns.
     pub rows: Vec<[String; 7]>,
 }
 
 impl Table {
+    /// An empty table.
     pub fn new() -> Table {
         Table { rows: Vec::new() }
     }
 
+    /// A section heading.
     pub fn section(&mut self, title: &str) {
         self.rows.push([
             title.to_string(),
@@ -104,6 +118,7 @@ impl Table {
         ]);
     }
 
+    /// Prints the table on stdout.
     pub fn print(&self) {
         let header = ["", "median", "min", "max", "IQR", "unit", "n"];
         let mut w = header.map(|h| h.chars().count());
@@ -150,12 +165,14 @@ impl Table {
 
 // ---------------------------------------------------------------- machine info
 
+/// A file's contents, trimmed.
 pub fn read_trim(path: &str) -> Option<String> {
     std::fs::read_to_string(path)
         .ok()
         .map(|s| s.trim().to_string())
 }
 
+/// What this machine is: CPU, kernel, KVM flavour, QEMU version, commit.
 pub fn machine_info() -> Value {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cpu_field = |key: &str| {

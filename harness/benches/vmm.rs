@@ -20,6 +20,7 @@
 //! `--count N`, `--reps N`, `--no-qemu`, `--json PATH`. Arguments cargo or
 //! libtest pass (`--bench`, filters) are ignored.
 
+#[allow(dead_code)]
 mod common;
 mod floor;
 

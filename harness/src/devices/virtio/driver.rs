@@ -128,7 +128,9 @@ impl Driver {
         if self.rings.len() <= i {
             self.rings.resize(i + 1, None);
         }
-        self.rings[i] = Some(ring);
+        // A zero-sized queue (a fuzzer's choice) gets its registers written
+        // but no ring: there is nothing to post on.
+        self.rings[i] = (size > 0).then_some(ring);
     }
 
     /// Sets DRIVER_OK; returns the status register.
