@@ -73,7 +73,12 @@
 ---@field cmdline? string The kernel command line.
 ---@field modules? (string|lunavm.Module)[] Boot modules (multiboot guests).
 ---@field cpu? "baseline"|"host" The CPU profile (default "baseline").
----@field seed? integer Seed of every entropy source (RDRAND/RDSEED completions).
+---@field seed? integer Seed of every entropy source (RDRAND/RDSEED completions, virtio-rng).
+---@field disk? string A virtio disk image ("PATH" or "PATH,rw"), as `--disk`.
+---@field disks? string[] Several virtio disks, in slot order.
+---@field net? boolean A virtio-net card (frames through `virtio.send`/`virtio.recv`).
+---@field vconsole? boolean A virtio-console (`virtio.write`/`virtio.read`).
+---@field rng? boolean A virtio-rng fed from the seed.
 
 ---Stop conditions of `vm.run`; all optional, the first that holds ends the run.
 ---@class lunavm.RunOptions
@@ -547,6 +552,12 @@ function hook.ucall(cmd, fn) end
 ---@return lunavm.Handle
 function hook.exit(kind, fn) end
 
+---Called after the guest notifies a queue of a virtio device and the device
+---handled it; `ev.value` is the queue index.
+---@param spec {dev: lunavm.VirtioDev, fn: fun(ev: lunavm.AccessEvent)}
+---@return lunavm.Handle
+function hook.virtio(spec) end
+
 ---Removes a hook or device (the same as `handle:remove()`).
 ---@param handle lunavm.Handle
 ---@return boolean removed False if it was already removed.
@@ -630,6 +641,65 @@ function Snapshot:drop() end
 function Snapshot:save(path) end
 
 ---Capture and restore the whole machine.
+-- ---------------------------------------------------------------------------
+-- virtio
+-- ---------------------------------------------------------------------------
+
+---A virtio device: its slot number (0-based) or its kind (the first of it).
+---@alias lunavm.VirtioDev integer|"blk"|"net"|"console"|"rng"
+
+---A virtio slot.
+---@class lunavm.VirtioSlot
+---@field slot integer
+---@field kind "blk"|"net"|"console"|"rng"
+---@field base integer Guest-physical base of its registers.
+---@field irq integer Its interrupt line.
+
+---The virtio devices from the host side.
+virtio = {}
+
+---The devices.
+---@return lunavm.VirtioSlot[]
+function virtio.list() end
+
+---A device's status, counters, queues and device-specific state.
+---@param dev lunavm.VirtioDev
+---@return table
+function virtio.state(dev) end
+
+---Queues an Ethernet frame for the guest.
+---@param dev lunavm.VirtioDev
+---@param frame string
+function virtio.send(dev, frame) end
+
+---The oldest frame the guest sent, or nil.
+---@param dev lunavm.VirtioDev
+---@return string?
+function virtio.recv(dev) end
+
+---Queues console input for the guest.
+---@param dev lunavm.VirtioDev
+---@param s string
+function virtio.write(dev, s) end
+
+---Console output since the last read.
+---@param dev lunavm.VirtioDev
+---@return string
+function virtio.read(dev) end
+
+---Reads the disk as the guest sees it.
+---@param dev lunavm.VirtioDev
+---@param offset integer
+---@param len integer
+---@return string
+function virtio.disk_read(dev, offset, len) end
+
+---Writes the disk (the overlay, or the file when opened rw).
+---@param dev lunavm.VirtioDev
+---@param offset integer
+---@param bytes string
+function virtio.disk_write(dev, offset, bytes) end
+
 snapshot = {}
 
 ---Captures the machine. Every Lua device needs `save=`/`restore=` or
@@ -681,6 +751,12 @@ function t.eq(a, b, msg) end
 ---@param b any
 ---@param msg? string
 function t.neq(a, b, msg) end
+
+---Fails unless the string `s` matches the Lua pattern.
+---@param s string
+---@param pattern string
+---@param msg? string
+function t.match(s, pattern, msg) end
 
 ---Fails now.
 ---@param msg? string
