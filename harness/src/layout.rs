@@ -152,10 +152,12 @@ mod tests {
     fn virtio_slots_fit_in_the_hole_below_the_ioapic() {
         let end = VIRTIO_MMIO_BASE + VIRTIO_MMIO_SLOT_SIZE * VIRTIO_MMIO_IRQS.len() as u64;
         assert!(VIRTIO_MMIO_BASE >= MMIO_START && end <= IOAPIC_ADDR);
-        assert!(
-            ACPI_TABLES_ADDR >= LOW_RAM_END
-                && ACPI_TABLES_ADDR + ACPI_TABLES_SIZE <= KERNEL_MIN_ADDR
-        );
+        const {
+            assert!(
+                ACPI_TABLES_ADDR >= LOW_RAM_END
+                    && ACPI_TABLES_ADDR + ACPI_TABLES_SIZE <= KERNEL_MIN_ADDR
+            )
+        };
     }
 
     #[test]
