@@ -17,17 +17,17 @@
 //! Firecracker sets `HW_REDUCED_ACPI` in its FADT. On x86, Linux answers a
 //! hardware-reduced FADT by replacing the legacy PIC with a null PIC and
 //! skipping the platform timer setup (`x86_init.timers.timer_init` becomes a
-//! no-op: no PIT or HPET clockevent) — `acpi_generic_reduced_hw_init()`
-//! called from `early_acpi_boot_init()` in Linux's
-//! `arch/x86/kernel/acpi/boot.c`. That is only viable when a local APIC
-//! supplies the interrupts and the timer tick.
+//! no-op: no PIT or HPET clockevent) — `acpi_reduced_hw_init()`, called from
+//! `early_acpi_boot_init()` in Linux's `arch/x86/kernel/acpi/boot.c` (newer
+//! kernels do it through `acpi_generic_reduced_hw_init()`). That is only
+//! viable when a local APIC supplies the interrupts and the timer tick.
 //!
 //! **In-kernel irqchip (`ioapic: true`)**: KVM emulates a local APIC per
 //! vCPU, an IOAPIC and the 8259 pair. The tables follow Firecracker: the FADT
-//! is hardware-reduced (so no FACS, SCI, PM register blocks or PM timer: the
-//! ACPI specification's FADT table says these fields are ignored when
-//! `HW_REDUCED_ACPI` is set), and the MADT has one enabled Processor Local
-//! APIC per vCPU (APIC ID = ACPI processor UID = vCPU index), the IOAPIC at
+//! is hardware-reduced (so no FACS, SCI, PM register blocks or PM timer: ACPI
+//! 6.5 §5.2.9 has OSPM ignore the fixed-hardware fields when `HW_REDUCED_ACPI`
+//! is set), and the MADT has one enabled Processor Local APIC per vCPU (APIC
+//! ID = ACPI processor UID = vCPU index), the IOAPIC at
 //! [`layout::IOAPIC_ADDR`] with GSI base 0, the local APIC address
 //! [`layout::LAPIC_ADDR`], the `PCAT_COMPAT` flag (the 8259 pair exists), and
 //! an interrupt source override ISA IRQ 0 → GSI [`PIT_GSI`] (conforming
@@ -51,15 +51,16 @@
 //!   times").
 //! - A PM1a event block and a PM1a control block at
 //!   [`pm::PM1_EVT_PORT`] / [`pm::PM1_CNT_PORT`], which the VMM must serve
-//!   with [`pm::PmRegisters`]. They cannot be left out: ACPICA marks both
-//!   blocks required (`fadt_info_table` in `tbfadt.c`), its fixed-event
+//!   with [`pm::PmRegisters`] ([`AcpiConfig::needs_pm_registers`]). They
+//!   cannot be left out: ACPICA marks both blocks required
+//!   (`fadt_info_table` in `tbfadt.c`), its fixed-event
 //!   initialization writes PM1 enable during `acpi_enable_subsystem()`, a
 //!   zero register address fails with `AE_BAD_ADDRESS`
 //!   (`acpi_hw_validate_register()` in `hwregs.c`), and Linux then prints
 //!   "Unable to enable ACPI" and disables ACPI altogether
 //!   (`acpi_early_init()` in `drivers/acpi/bus.c`) — no DSDT devices.
-//! - No PM timer (optional since ACPI 5.0A, as `tbfadt.c` notes; a free-
-//!   running 3.58 MHz counter would be one more time source to make
+//! - No PM timer (optional since ACPI 5.0A, as `tbfadt.c` notes; a
+//!   free-running 3.58 MHz counter would be one more time source to make
 //!   deterministic), no GPE blocks, C2/C3 declared unsupported, and a FACS
 //!   (required when the FADT is not hardware-reduced).
 //!
@@ -135,6 +136,15 @@ pub struct AcpiConfig {
     pub virtio: Vec<VirtioSlot>,
     /// Describe the COM1 UART (`PNP0501` at port 0x3f8, IRQ [`dsdt::COM1_IRQ`]).
     pub com1: bool,
+}
+
+impl AcpiConfig {
+    /// Whether the FADT is a full one whose PM1 blocks the VMM must serve:
+    /// install [`pm::PmRegisters`] at [`pm::PM1_EVT_PORT`] ([`pm::PM_PORT_LEN`]
+    /// ports) on the port-I/O bus when this is true.
+    pub fn needs_pm_registers(&self) -> bool {
+        !self.ioapic
+    }
 }
 
 /// One table and where it goes.

@@ -149,6 +149,25 @@ mod tests {
     }
 
     #[test]
+    fn fits_beside_the_platform_devices() {
+        use crate::devices::Bus;
+        use std::sync::{Arc, Mutex};
+        let mut bus = Bus::new();
+        crate::machine::platform::Platform::new(0, true)
+            .install(&mut bus)
+            .unwrap();
+        bus.insert(
+            u64::from(PM1_EVT_PORT),
+            u64::from(PM_PORT_LEN),
+            Arc::new(Mutex::new(PmRegisters::new())),
+        )
+        .unwrap();
+        let mut b = [0u8; 2];
+        assert!(bus.read(u64::from(PM1_CNT_PORT), &mut b));
+        assert_eq!(u16::from_le_bytes(b), SCI_EN);
+    }
+
+    #[test]
     fn blocks_are_contiguous() {
         assert_eq!(PM1_CNT_PORT, 0x604);
         assert_eq!(PM_PORT_LEN, 6);

@@ -141,7 +141,10 @@ fn apic_mode_has_reduced_fadt_and_madt() {
 
 #[test]
 fn pic_mode_has_full_fadt_and_no_madt() {
-    let (mem, rsdp) = written(&config(false, 1, 2));
+    let c = config(false, 1, 2);
+    assert!(c.needs_pm_registers());
+    assert!(!config(true, 1, 2).needs_pm_registers());
+    let (mem, rsdp) = written(&c);
     let (found, entries) = walk(&mem, rsdp);
     let (fadt_addr, fadt) = &found["FACP"];
     assert_eq!(entries, vec![*fadt_addr]);
