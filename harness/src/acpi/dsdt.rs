@@ -110,6 +110,7 @@ mod tests {
         let config = AcpiConfig {
             cpus: 1,
             ioapic: false,
+            pit_gsi: 0,
             virtio: (0..3).filter_map(VirtioSlot::from_layout).collect(),
             com1: true,
         };
@@ -127,6 +128,7 @@ mod tests {
         let config = AcpiConfig {
             cpus: 1,
             ioapic: true,
+            pit_gsi: 0,
             virtio: Vec::new(),
             com1: false,
         };

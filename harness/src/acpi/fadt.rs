@@ -1,6 +1,5 @@
-//! The FADT ("FACP"): hardware-reduced with the in-kernel irqchip, a full
-//! PC-compatible one with the userspace PIC and PIT (see the module docs of
-//! [`crate::acpi`] for why).
+//! The FADT ("FACP"): a full, PC-compatible one in both interrupt-controller
+//! modes (see the module docs of [`crate::acpi`] for why not hardware-reduced).
 
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::Aml;
@@ -39,35 +38,29 @@ const NO_C2_LATENCY: u16 = 101;
 /// `P_LVL3_LAT` above 1000 µs means "no C3".
 const NO_C3_LATENCY: u16 = 1001;
 
-/// The FADT. `reduced`: set `HW_REDUCED_ACPI` and leave every fixed-hardware
-/// field zero; otherwise point at the FACS and the [`pm`] register blocks and
-/// give the SCI line. The DSDT and FACS addresses go in the 64-bit fields.
-pub fn build(reduced: bool, dsdt_addr: u64, facs_addr: Option<u64>) -> Vec<u8> {
+/// The FADT: SCI on [`SCI_IRQ`], no `SMI_CMD`, the [`pm`] register blocks,
+/// the FACS and the DSDT (both in the 64-bit fields), no PM timer or GPE
+/// blocks, C2/C3 unsupported.
+pub fn build(dsdt_addr: u64, facs_addr: u64) -> Vec<u8> {
     let mut f = FADTBuilder::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION)
         .dsdt_64(dsdt_addr)
-        // Buttons, if any ever exist, are control-method devices: no fixed
-        // power/sleep button events.
+        .firmware_ctrl_64(facs_addr)
+        // WBINVD works; buttons, if any ever exist, are control-method
+        // devices (no fixed button events); the RTC has no wake status in PM1.
+        .flag(Flags::Wbinvd)
         .flag(Flags::PwrButton)
-        .flag(Flags::SlpButton);
+        .flag(Flags::SlpButton)
+        .flag(Flags::FixRtc);
     f.iapc_boot_arch = BOOT_ARCH.into();
     f.century = rtc::REG_CENTURY;
-    if reduced {
-        f = f.flag(Flags::HwReducedAcpi);
-    } else {
-        if let Some(facs) = facs_addr {
-            f = f.firmware_ctrl_64(facs);
-        }
-        // WBINVD works; the RTC has no wake status bit in PM1.
-        f = f.flag(Flags::Wbinvd).flag(Flags::FixRtc);
-        f.sci_int = u16::from(SCI_IRQ).into();
-        // SMI_CMD stays 0: always in ACPI mode, no transition.
-        f.pm1a_evt_blk = u32::from(pm::PM1_EVT_PORT).into();
-        f.pm1_evt_len = pm::PM1_EVT_LEN;
-        f.pm1a_cnt_blk = u32::from(pm::PM1_CNT_PORT).into();
-        f.pm1_cnt_len = pm::PM1_CNT_LEN;
-        f.p_lvl2_lat = NO_C2_LATENCY.into();
-        f.p_lvl3_lat = NO_C3_LATENCY.into();
-    }
+    f.sci_int = u16::from(SCI_IRQ).into();
+    // SMI_CMD stays 0: always in ACPI mode, no transition.
+    f.pm1a_evt_blk = u32::from(pm::PM1_EVT_PORT).into();
+    f.pm1_evt_len = pm::PM1_EVT_LEN;
+    f.pm1a_cnt_blk = u32::from(pm::PM1_CNT_PORT).into();
+    f.pm1_cnt_len = pm::PM1_CNT_LEN;
+    f.p_lvl2_lat = NO_C2_LATENCY.into();
+    f.p_lvl3_lat = NO_C3_LATENCY.into();
     let mut bytes = Vec::new();
     f.finalize().to_aml_bytes(&mut bytes);
     bytes
@@ -82,18 +75,9 @@ mod tests {
     }
 
     #[test]
-    fn reduced_fadt_has_no_fixed_hardware() {
-        let b = build(true, 0xe1000, None);
-        assert_eq!(&b[0..4], b"FACP");
-        assert_ne!(u32_at(&b, 112) & Flags::HwReducedAcpi as u32, 0);
-        assert_eq!(u32_at(&b, 56), 0, "PM1a_EVT_BLK");
-        assert_eq!(u32_at(&b, 64), 0, "PM1a_CNT_BLK");
-        assert_eq!(u16::from_le_bytes([b[46], b[47]]), 0, "SCI_INT");
-    }
-
-    #[test]
     fn full_fadt_points_at_the_pm_blocks() {
-        let b = build(false, 0xe1000, Some(0xe0040));
+        let b = build(0xe1000, 0xe0040);
+        assert_eq!(&b[0..4], b"FACP");
         assert_eq!(u32_at(&b, 112) & Flags::HwReducedAcpi as u32, 0);
         assert_eq!(u32_at(&b, 56), u32::from(pm::PM1_EVT_PORT));
         assert_eq!(b[88], 4);
@@ -102,5 +86,6 @@ mod tests {
         assert_eq!(u32_at(&b, 48), 0, "SMI_CMD");
         assert_eq!(b[46], SCI_IRQ);
         assert_eq!(u64::from_le_bytes(b[132..140].try_into().unwrap()), 0xe0040);
+        assert_eq!(u64::from_le_bytes(b[140..148].try_into().unwrap()), 0xe1000);
     }
 }

@@ -1,5 +1,6 @@
 //! The MADT ("APIC"), written only with the in-kernel irqchip: one local APIC
-//! per vCPU, the IOAPIC and the ISA IRQ 0 → GSI 2 override.
+//! per vCPU, the IOAPIC, and an ISA IRQ 0 override when the VMM routes the PIT
+//! to an IOAPIC pin other than 0.
 //!
 //! acpi_tables 0.2 builds the local APIC and IOAPIC structures but has no
 //! interrupt source override and no setter for the MADT flags, so the table
@@ -20,8 +21,13 @@ pub const MADT_REVISION: u8 = 5;
 pub const PCAT_COMPAT: u32 = 1;
 /// Pins of KVM's IOAPIC (`KVM_IOAPIC_NUM_PINS`).
 pub const IOAPIC_PINS: u8 = 24;
-/// The GSI (IOAPIC pin) the override sends ISA IRQ 0, the PIT, to.
-pub const PIT_GSI: u32 = 2;
+/// The IOAPIC pin the PIT (KVM GSI 0) reaches with KVM's default GSI routing
+/// (`default_routing` in KVM's `irq_comm.c`: KVM GSI *n* → IOAPIC pin *n*),
+/// which lunavm keeps: ISA IRQ 0 is identity-mapped and needs no override.
+pub const PIT_GSI_KVM_DEFAULT: u8 = 0;
+/// The IOAPIC pin the PIT reaches with QEMU-style routing (KVM GSI 0 → IOAPIC
+/// pin 2), the PC convention: the MADT then says so with an override.
+pub const PIT_GSI_PC: u8 = 2;
 /// Offset of the first interrupt controller structure.
 pub const MADT_HEADER_LEN: usize = 44;
 /// Interrupt controller structure types used here (ACPI 6.5, MADT).
@@ -54,8 +60,9 @@ impl Aml for InterruptSourceOverride {
     }
 }
 
-/// The MADT for `cpus` vCPUs (APIC ID and ACPI processor UID = vCPU index).
-pub fn build(cpus: u8) -> Vec<u8> {
+/// The MADT for `cpus` vCPUs (APIC ID and ACPI processor UID = vCPU index)
+/// with the PIT on IOAPIC pin `pit_gsi` (an override when it is not 0).
+pub fn build(cpus: u8, pit_gsi: u8) -> Vec<u8> {
     let header_len = u32::try_from(MADT_HEADER_LEN).unwrap_or(u32::MAX);
     let mut madt = Sdt::new(
         *b"APIC",
@@ -74,14 +81,16 @@ pub fn build(cpus: u8) -> Vec<u8> {
         );
     }
     append(&mut madt, &IoApic::new(0, low32(layout::IOAPIC_ADDR), 0));
-    append(
-        &mut madt,
-        &InterruptSourceOverride {
-            source: PIT_IRQ,
-            gsi: PIT_GSI,
-            flags: 0,
-        },
-    );
+    if pit_gsi != PIT_IRQ {
+        append(
+            &mut madt,
+            &InterruptSourceOverride {
+                source: PIT_IRQ,
+                gsi: u32::from(pit_gsi),
+                flags: 0,
+            },
+        );
+    }
     madt.as_slice().to_vec()
 }
 
@@ -103,7 +112,11 @@ mod tests {
 
     #[test]
     fn structures_follow_the_header() {
-        let b = build(2);
+        assert_eq!(
+            build(2, PIT_GSI_KVM_DEFAULT).len(),
+            MADT_HEADER_LEN + 2 * 8 + 12
+        );
+        let b = build(2, PIT_GSI_PC);
         assert_eq!(&b[0..4], b"APIC");
         let len = u32::from_le_bytes(b[4..8].try_into().unwrap()) as usize;
         assert_eq!(len, b.len());

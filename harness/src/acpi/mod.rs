@@ -4,87 +4,106 @@
 //! DSDT with one `LNRO0005` device per slot (the ACPI ID Linux's
 //! `virtio_mmio` driver matches) and COM1 as `PNP0501`.
 //!
-//! [`build`] is pure: it lays out RSDP (revision 2), XSDT, FADT, MADT (when
-//! there is an APIC), DSDT and FACS (when the FADT is not hardware-reduced)
-//! in the area at [`layout::ACPI_TABLES_ADDR`] and returns their bytes and
-//! addresses. [`write()`] copies them into guest memory; the RSDP comes first,
-//! on a 16-byte boundary at the start of the area, so Linux's scan of
+//! [`build`] is pure: it lays out RSDP (revision 2), XSDT, FADT, MADT (with
+//! the in-kernel irqchip), DSDT and FACS in the area at
+//! [`layout::ACPI_TABLES_ADDR`] and returns their bytes and addresses.
+//! [`write()`] copies them into guest memory; the RSDP comes first, on a
+//! 16-byte boundary at the start of the area, so Linux's scan of
 //! 0xE0000-0xFFFFF finds it even without a boot protocol that passes its
-//! address (PVH does: [`crate::boot::pvh::set_rsdp`]).
+//! address (PVH does: [`crate::boot::pvh::set_rsdp`]). Whenever it writes
+//! tables, the VMM must also install [`pm::PmRegisters`] at
+//! [`pm::PM1_EVT_PORT`] ([`pm::PM_PORT_LEN`] ports) on the port-I/O bus.
 //!
-//! # What the FADT and MADT say in each interrupt-controller mode
+//! # The FADT: full, not hardware-reduced, in both modes
 //!
-//! Firecracker sets `HW_REDUCED_ACPI` in its FADT. On x86, Linux answers a
+//! Firecracker sets `HW_REDUCED_ACPI`. On x86, Linux answers a
 //! hardware-reduced FADT by replacing the legacy PIC with a null PIC and
 //! skipping the platform timer setup (`x86_init.timers.timer_init` becomes a
 //! no-op: no PIT or HPET clockevent) — `acpi_reduced_hw_init()`, called from
 //! `early_acpi_boot_init()` in Linux's `arch/x86/kernel/acpi/boot.c` (newer
-//! kernels do it through `acpi_generic_reduced_hw_init()`). That is only
-//! viable when a local APIC supplies the interrupts and the timer tick.
+//! kernels do it through `acpi_generic_reduced_hw_init()`).
+//! - With lunavm's userspace PIC and PIT (`ioapic: false`, the deterministic
+//!   default) there is no local APIC or IOAPIC (KVM only emulates them after
+//!   `KVM_CREATE_IRQCHIP`): that would leave Linux with no interrupt
+//!   controller and no timer at all.
+//! - With the in-kernel irqchip it is not enough either, measured here:
+//!   Debian's 6.1 cloud kernel under `--irqchip kernel` on this project's
+//!   software-nested KVM hangs after "tsc: Marking TSC unstable due to could
+//!   not calculate TSC khz". The TSC cannot be calibrated against the PIT
+//!   under KVM's CPL0 instruction emulator, the baseline CPU profile hides
+//!   kvmclock, there is no HPET or PM timer, and with no PIT clockevent
+//!   jiffies never advance, so the local APIC timer cannot be calibrated
+//!   either. With the full FADT the same kernel boots on, ticking on the PIT.
 //!
-//! **In-kernel irqchip (`ioapic: true`)**: KVM emulates a local APIC per
-//! vCPU, an IOAPIC and the 8259 pair. The tables follow Firecracker: the FADT
-//! is hardware-reduced (so no FACS, SCI, PM register blocks or PM timer: ACPI
-//! 6.5 §5.2.9 has OSPM ignore the fixed-hardware fields when `HW_REDUCED_ACPI`
-//! is set), and the MADT has one enabled Processor Local APIC per vCPU (APIC
-//! ID = ACPI processor UID = vCPU index), the IOAPIC at
-//! [`layout::IOAPIC_ADDR`] with GSI base 0, the local APIC address
-//! [`layout::LAPIC_ADDR`], the `PCAT_COMPAT` flag (the 8259 pair exists), and
-//! an interrupt source override ISA IRQ 0 → GSI [`PIT_GSI`] (conforming
-//! polarity and trigger), the PC convention QEMU's tables use too. Interrupt
-//! lines in the DSDT are then IOAPIC pins. Caveat for the VMM: KVM's default
-//! GSI routing (`default_routing` in KVM's `irq_comm.c`) wires KVM GSI *n* to
-//! IOAPIC pin *n*, so the in-kernel PIT, which raises KVM GSI 0, only arrives
-//! on pin 2 if the VMM installs QEMU-style routing (KVM GSI 0 → IOAPIC pin 2).
-//! With a hardware-reduced FADT Linux never sets the PIT up as its timer, so
-//! a boot does not depend on it, but the routing should match the table.
-//!
-//! **Userspace PIC + PIT (`ioapic: false`, lunavm's deterministic default)**:
-//! there is no local APIC or IOAPIC (KVM only emulates them after
-//! `KVM_CREATE_IRQCHIP`), so a hardware-reduced FADT would leave Linux with
-//! no interrupt controller and no timer. The FADT is therefore a full one:
+//! So the FADT is a full one:
 //! - SCI on IRQ [`fadt::SCI_IRQ`] (the line [`layout::VIRTIO_MMIO_IRQS`]
 //!   leaves free for it); nothing raises it.
 //! - `SMI_CMD` = 0: the machine is always in ACPI mode, so the OS never
 //!   switches modes (ACPICA's `hwacpi.c`: "if SMI_CMD in FADT is zero, the
 //!   system does not support mode transition, it must be in ACPI mode at all
 //!   times").
-//! - A PM1a event block and a PM1a control block at
-//!   [`pm::PM1_EVT_PORT`] / [`pm::PM1_CNT_PORT`], which the VMM must serve
-//!   with [`pm::PmRegisters`] ([`AcpiConfig::needs_pm_registers`]). They
-//!   cannot be left out: ACPICA marks both blocks required
-//!   (`fadt_info_table` in `tbfadt.c`), its fixed-event
-//!   initialization writes PM1 enable during `acpi_enable_subsystem()`, a
-//!   zero register address fails with `AE_BAD_ADDRESS`
-//!   (`acpi_hw_validate_register()` in `hwregs.c`), and Linux then prints
-//!   "Unable to enable ACPI" and disables ACPI altogether
-//!   (`acpi_early_init()` in `drivers/acpi/bus.c`) — no DSDT devices.
+//! - A PM1a event block and a PM1a control block at [`pm::PM1_EVT_PORT`] /
+//!   [`pm::PM1_CNT_PORT`], served by [`pm::PmRegisters`]. They cannot be left
+//!   out: ACPICA marks both blocks required (`fadt_info_table` in
+//!   `tbfadt.c`), its fixed-event initialization writes PM1 enable during
+//!   `acpi_enable_subsystem()`, a zero register address fails with
+//!   `AE_BAD_ADDRESS` (`acpi_hw_validate_register()` in `hwregs.c`), and
+//!   Linux then prints "Unable to enable ACPI" and disables ACPI altogether
+//!   (`acpi_early_init()` in `drivers/acpi/bus.c`) — no DSDT devices. Left
+//!   unclaimed (reads of all-ones) they half work: under QEMU, which has no
+//!   device there, Linux logs "Could not disable RealTimeClock events".
 //! - No PM timer (optional since ACPI 5.0A, as `tbfadt.c` notes; a
 //!   free-running 3.58 MHz counter would be one more time source to make
 //!   deterministic), no GPE blocks, C2/C3 declared unsupported, and a FACS
 //!   (required when the FADT is not hardware-reduced).
+//! - `IAPC_BOOT_ARCH`: legacy (ISA) devices present, no 8042 (Linux then does
+//!   not probe for one: `acpi_parse_fadt()`), no VGA, no MSI, no ASPM
+//!   control; the CMOS RTC is present and has a century byte.
 //!
-//! and there is no MADT: Linux then stays in the PIC interrupt model ("ACPI
-//! found no MADT, and so ACPI wants UP PIC mode", `acpi_process_madt()` in
-//! `boot.c`), maps `_CRS` interrupts one to one onto 8259 lines
-//! (`acpi_gsi_to_irq()` in PIC mode) and sets up the PIT as on any PC. A MADT
-//! would be wrong (it would promise APICs that do not exist) and is ignored
-//! anyway when CPUID has no APIC bit (`acpi_parse_madt()`). Without APICs
-//! there is one CPU, so [`build`] refuses `cpus > 1` in this mode.
+//! # The MADT: only with the in-kernel irqchip
 //!
-//! In both modes `IAPC_BOOT_ARCH` says: legacy (ISA) devices present, no 8042
-//! (Linux then does not probe for one: `acpi_parse_fadt()`), no VGA, no MSI,
-//! no ASPM control; the CMOS RTC is present and has a century byte.
+//! **In-kernel irqchip (`ioapic: true`)**: one enabled Processor Local APIC
+//! per vCPU (APIC ID = ACPI processor UID = vCPU index), the IOAPIC at
+//! [`layout::IOAPIC_ADDR`] with GSI base 0, the local APIC address
+//! [`layout::LAPIC_ADDR`], the `PCAT_COMPAT` flag (KVM's 8259 pair exists),
+//! and an interrupt source override ISA IRQ 0 → GSI [`AcpiConfig::pit_gsi`]
+//! when that is not 0. The override must say what the VMM's GSI routing does.
+//! lunavm keeps KVM's default routing (`default_routing` in KVM's
+//! `irq_comm.c`), which wires KVM GSI *n* to IOAPIC pin *n*, so the in-kernel
+//! PIT (KVM GSI 0) arrives on pin 0 and the right table has no override
+//! ([`madt::PIT_GSI_KVM_DEFAULT`]). Measured with the same kernel: with the
+//! PC convention's override IRQ 0 → GSI 2 (QEMU's tables, true under QEMU's
+//! own routing) but KVM's default routing, Linux reports "MP-BIOS bug: 8254
+//! timer not connected to IO-APIC" and falls back to an ExtINT timer; without
+//! it the timer comes straight through pin 0 ("..TIMER: vector=0x30 apic1=0
+//! pin1=0"). A VMM that installs QEMU-style routing (KVM GSI 0 → IOAPIC
+//! pin 2) passes [`madt::PIT_GSI_PC`].
 //!
-//! Checked with a real kernel (by hand, not in CI): Debian's 6.1 cloud kernel
-//! (`CONFIG_VIRTIO_MMIO=m`, no command-line devices) under QEMU 7.2 TCG,
-//! `-machine microvm,acpi=off,auto-kernel-cmdline=off`, these tables loaded
-//! at 0xE0000 with `-device loader` and describing microvm's virtio-mmio
-//! slots: in both modes ACPI enables its interpreter, every slot becomes an
-//! `LNRO0005:nn` platform device, `virtio_mmio` binds the occupied one and a
-//! virtio-blk read completes, its interrupt counted on the 8259 ("XT-PIC",
-//! with `-cpu qemu64,-apic` and the full FADT) or on the IOAPIC ("IO-APIC
-//! 12-edge", with the hardware-reduced FADT and MADT).
+//! **Userspace PIC + PIT (`ioapic: false`)**: no MADT. Linux then stays in the
+//! PIC interrupt model ("ACPI found no MADT, and so ACPI wants UP PIC mode",
+//! `acpi_process_madt()` in `boot.c`), maps `_CRS` interrupts one to one onto
+//! 8259 lines (`acpi_gsi_to_irq()` in PIC mode) and sets up the PIT as on any
+//! PC. A MADT would be wrong (it would promise APICs that do not exist) and is
+//! ignored anyway when CPUID has no APIC bit (`acpi_parse_madt()`). Without
+//! APICs there is one CPU, so [`build`] refuses `cpus > 1` in this mode.
+//!
+//! # Checked with real kernels (by hand, not in CI)
+//!
+//! - lunavm, Debian's 6.1 cloud kernel (PVH entry, `CONFIG_VIRTIO_MMIO=m`
+//!   without command-line devices), tables written and [`pm::PmRegisters`]
+//!   installed: with the userspace PIC ("nolapic noapic") Linux reports
+//!   "ACPI: Interpreter enabled", "Using PIC for interrupt routing", "PnP
+//!   ACPI: found 1 devices" (COM1), probes no 8042, and logs no ACPI error;
+//!   with `--irqchip kernel` it reports "Using IOAPIC for interrupt routing"
+//!   and the timer on pin 0 as above.
+//! - QEMU 7.2 TCG, `-machine microvm,acpi=off,auto-kernel-cmdline=off`, the
+//!   same kernel with an initramfs loading `virtio_mmio` and `virtio_blk`,
+//!   the tables (describing microvm's slots) loaded at 0xE0000 with
+//!   `-device loader`: every slot becomes an `LNRO0005:nn` platform device,
+//!   `virtio_mmio` binds the occupied one and a virtio-blk read completes, its
+//!   interrupt counted on the 8259 ("XT-PIC", `-cpu qemu64,-apic`, no MADT)
+//!   or on the IOAPIC ("IO-APIC 12-edge", MADT with [`madt::PIT_GSI_PC`],
+//!   which matches QEMU's routing).
 
 pub mod dsdt;
 pub mod fadt;
@@ -97,8 +116,6 @@ mod tests;
 use crate::layout;
 use crate::machine::platform::{PIT_IRQ, RTC_IRQ};
 use crate::vm::memory::{self, GuestMem};
-
-pub use madt::PIT_GSI;
 
 /// OEM ID written in every table header.
 pub const OEM_ID: [u8; 6] = *b"LUNAVM";
@@ -138,23 +155,18 @@ impl VirtioSlot {
 pub struct AcpiConfig {
     /// Number of vCPUs (one local APIC each with the in-kernel irqchip).
     pub cpus: u8,
-    /// The in-kernel irqchip: local APICs and an IOAPIC exist (MADT,
-    /// hardware-reduced FADT). `false`: lunavm's userspace PIC and PIT (no
-    /// MADT, full FADT with [`pm::PmRegisters`]). See the module docs.
+    /// The in-kernel irqchip: local APICs and an IOAPIC exist, so there is a
+    /// MADT. `false`: lunavm's userspace PIC and PIT, no MADT.
     pub ioapic: bool,
+    /// With `ioapic`: the IOAPIC pin the VMM's GSI routing delivers the PIT
+    /// (KVM GSI 0) to — [`madt::PIT_GSI_KVM_DEFAULT`] (0, no override) with
+    /// KVM's default routing, [`madt::PIT_GSI_PC`] (2) with QEMU-style
+    /// routing. Ignored without `ioapic`.
+    pub pit_gsi: u8,
     /// The virtio-mmio slots, in order (`_UID` is the index).
     pub virtio: Vec<VirtioSlot>,
     /// Describe the COM1 UART (`PNP0501` at port 0x3f8, IRQ [`dsdt::COM1_IRQ`]).
     pub com1: bool,
-}
-
-impl AcpiConfig {
-    /// Whether the FADT is a full one whose PM1 blocks the VMM must serve:
-    /// install [`pm::PmRegisters`] at [`pm::PM1_EVT_PORT`] ([`pm::PM_PORT_LEN`]
-    /// ports) on the port-I/O bus when this is true.
-    pub fn needs_pm_registers(&self) -> bool {
-        !self.ioapic
-    }
 }
 
 /// One table and where it goes.
@@ -198,6 +210,9 @@ pub enum AcpiError {
     /// More than one vCPU without local APICs.
     #[error("{0} vCPUs need the in-kernel irqchip (--irqchip kernel): the userspace PIC has no local APICs, so the tables describe one CPU")]
     SmpNeedsApic(u8),
+    /// The PIT's IOAPIC pin does not exist.
+    #[error("The PIT cannot be on IOAPIC pin {0}: the IOAPIC has 24 pins")]
+    BadPitGsi(u8),
     /// A virtio slot outside the MMIO hole below the IOAPIC.
     #[error("Virtio slot {index} at {base:#x} (size {size:#x}) is not inside the 32-bit MMIO hole {start:#x}..{end:#x}")]
     SlotOutsideHole {
@@ -263,30 +278,24 @@ pub enum AcpiError {
 /// Builds the tables for `config`, laid out from [`layout::ACPI_TABLES_ADDR`].
 pub fn build(config: &AcpiConfig) -> Result<AcpiTables, AcpiError> {
     validate(config)?;
-    let reduced = config.ioapic;
     let mut area = Area::new();
     let mut tables = Vec::new();
 
     let rsdp_addr = area.place(tables::RSDP_LEN, 16)?;
-    let facs_addr = if reduced {
-        None
-    } else {
-        let facs = tables::facs();
-        let addr = area.place(facs.len(), 64)?;
-        tables.push(table("FACS", addr, facs));
-        Some(addr)
-    };
+    let facs = tables::facs();
+    let facs_addr = area.place(facs.len(), 64)?;
+    tables.push(table("FACS", facs_addr, facs));
     let dsdt = dsdt::build(config);
     let dsdt_addr = area.place(dsdt.len(), 8)?;
     tables.push(table("DSDT", dsdt_addr, dsdt));
 
-    let fadt = fadt::build(reduced, dsdt_addr, facs_addr);
+    let fadt = fadt::build(dsdt_addr, facs_addr);
     let fadt_addr = area.place(fadt.len(), 8)?;
     tables.push(table("FACP", fadt_addr, fadt));
     let mut entries = vec![fadt_addr];
 
     if config.ioapic {
-        let madt = madt::build(config.cpus);
+        let madt = madt::build(config.cpus, config.pit_gsi);
         let madt_addr = area.place(madt.len(), 8)?;
         tables.push(table("APIC", madt_addr, madt));
         entries.push(madt_addr);
@@ -377,6 +386,9 @@ fn validate(config: &AcpiConfig) -> Result<(), AcpiError> {
     if !config.ioapic && config.cpus > 1 {
         return Err(AcpiError::SmpNeedsApic(config.cpus));
     }
+    if config.ioapic && config.pit_gsi >= madt::IOAPIC_PINS {
+        return Err(AcpiError::BadPitGsi(config.pit_gsi));
+    }
     let (start, end) = (layout::MMIO_START, layout::IOAPIC_ADDR);
     for (index, slot) in config.virtio.iter().enumerate() {
         let slot_end = slot.base.saturating_add(slot.size);
@@ -438,7 +450,8 @@ fn irq_unusable(config: &AcpiConfig, irq: u8) -> Option<&'static str> {
         }
         RTC_IRQ => Some("it is the RTC's line"),
         dsdt::COM1_IRQ if config.com1 => Some("it is COM1's line"),
-        fadt::SCI_IRQ if !config.ioapic => Some("it is the ACPI SCI"),
+        fadt::SCI_IRQ => Some("it is the ACPI SCI"),
+        pin if config.ioapic && pin == config.pit_gsi => Some("the PIT arrives on that IOAPIC pin"),
         _ => None,
     }
 }

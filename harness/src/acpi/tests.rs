@@ -13,6 +13,7 @@ fn config(ioapic: bool, cpus: u8, slots: usize) -> AcpiConfig {
     AcpiConfig {
         cpus,
         ioapic,
+        pit_gsi: madt::PIT_GSI_KVM_DEFAULT,
         virtio: (0..slots).filter_map(VirtioSlot::from_layout).collect(),
         com1: true,
     }
@@ -100,57 +101,23 @@ fn written(config: &AcpiConfig) -> (GuestMem, u64) {
     (mem, rsdp)
 }
 
-#[test]
-fn apic_mode_has_reduced_fadt_and_madt() {
-    let (mem, rsdp) = written(&config(true, 2, 3));
-    let (found, entries) = walk(&mem, rsdp);
-    let (fadt_addr, fadt) = &found["FACP"];
-    let (madt_addr, madt) = &found["APIC"];
-    assert_eq!(entries, vec![*fadt_addr, *madt_addr]);
-    assert!(!found.contains_key("FACS"));
-
-    let flags = u32_at(fadt, 112);
-    assert_ne!(flags & (1 << 20), 0, "HW_REDUCED_ACPI");
-    assert_eq!(u16_at(fadt, 46), 0, "no SCI");
-    assert_eq!(u32_at(fadt, 56), 0, "no PM1a event block");
-
-    assert_eq!(u64::from(u32_at(madt, 36)), layout::LAPIC_ADDR);
-    assert_eq!(u32_at(madt, 40), madt::PCAT_COMPAT);
-    let mut subtables = Vec::new();
+/// The MADT's interrupt controller structures.
+fn madt_structures(madt: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
     let mut at = madt::MADT_HEADER_LEN;
     while at < madt.len() {
         let len = madt[at + 1] as usize;
-        subtables.push(madt[at..at + len].to_vec());
+        assert!(len >= 2, "structure length at {at}");
+        out.push(madt[at..at + len].to_vec());
         at += len;
     }
     assert_eq!(at, madt.len());
-    assert_eq!(subtables.len(), 4);
-    for (cpu, s) in (0u8..).zip(&subtables[..2]) {
-        assert_eq!(s[..4], [madt::kind::LOCAL_APIC, 8, cpu, cpu]);
-        assert_eq!(u32_at(s, 4), 1, "enabled");
-    }
-    let io = &subtables[2];
-    assert_eq!(io[..3], [madt::kind::IO_APIC, 12, 0]);
-    assert_eq!(u64::from(u32_at(io, 4)), layout::IOAPIC_ADDR);
-    assert_eq!(u32_at(io, 8), 0, "GSI base");
-    let iso = &subtables[3];
-    assert_eq!(iso[..4], [madt::kind::INTERRUPT_SOURCE_OVERRIDE, 10, 0, 0]);
-    assert_eq!(u32_at(iso, 4), PIT_GSI);
-    assert_eq!(u16_at(iso, 8), 0, "conforming polarity and trigger");
+    out
 }
 
-#[test]
-fn pic_mode_has_full_fadt_and_no_madt() {
-    let c = config(false, 1, 2);
-    assert!(c.needs_pm_registers());
-    assert!(!config(true, 1, 2).needs_pm_registers());
-    let (mem, rsdp) = written(&c);
-    let (found, entries) = walk(&mem, rsdp);
-    let (fadt_addr, fadt) = &found["FACP"];
-    assert_eq!(entries, vec![*fadt_addr]);
-    assert!(!found.contains_key("APIC"));
-    assert!(found.contains_key("FACS"));
-
+/// The FADT fields both modes share: full, SCI, PM blocks, FACS.
+fn check_full_fadt(found: &Found) {
+    let fadt = &found["FACP"].1;
     assert_eq!(u32_at(fadt, 112) & (1 << 20), 0, "not hardware-reduced");
     assert_eq!(u16_at(fadt, 46), u16::from(fadt::SCI_IRQ));
     assert_eq!(u32_at(fadt, 48), 0, "no SMI_CMD: always in ACPI mode");
@@ -161,6 +128,56 @@ fn pic_mode_has_full_fadt_and_no_madt() {
     assert_eq!(u32_at(fadt, 76), 0, "no PM timer");
     assert_eq!(u16_at(fadt, 109), fadt::BOOT_ARCH);
     assert_eq!(fadt[108], crate::devices::rtc::REG_CENTURY);
+    assert_eq!(u64_at(fadt, 132), found["FACS"].0);
+}
+
+#[test]
+fn apic_mode_has_a_madt_matching_kvm_default_routing() {
+    let (mem, rsdp) = written(&config(true, 2, 3));
+    let (found, entries) = walk(&mem, rsdp);
+    let (fadt_addr, _) = &found["FACP"];
+    let (madt_addr, madt) = &found["APIC"];
+    assert_eq!(entries, vec![*fadt_addr, *madt_addr]);
+    check_full_fadt(&found);
+
+    assert_eq!(u64::from(u32_at(madt, 36)), layout::LAPIC_ADDR);
+    assert_eq!(u32_at(madt, 40), madt::PCAT_COMPAT);
+    let structures = madt_structures(madt);
+    assert_eq!(
+        structures.len(),
+        3,
+        "two local APICs and the IOAPIC, no override"
+    );
+    for (cpu, s) in (0u8..).zip(&structures[..2]) {
+        assert_eq!(s[..4], [madt::kind::LOCAL_APIC, 8, cpu, cpu]);
+        assert_eq!(u32_at(s, 4), 1, "enabled");
+    }
+    let io = &structures[2];
+    assert_eq!(io[..3], [madt::kind::IO_APIC, 12, 0]);
+    assert_eq!(u64::from(u32_at(io, 4)), layout::IOAPIC_ADDR);
+    assert_eq!(u32_at(io, 8), 0, "GSI base");
+}
+
+#[test]
+fn pc_routing_adds_the_irq0_override() {
+    let mut c = config(true, 1, 1);
+    c.pit_gsi = madt::PIT_GSI_PC;
+    let (mem, rsdp) = written(&c);
+    let (found, _) = walk(&mem, rsdp);
+    let structures = madt_structures(&found["APIC"].1);
+    let iso = structures.last().unwrap();
+    assert_eq!(iso[..4], [madt::kind::INTERRUPT_SOURCE_OVERRIDE, 10, 0, 0]);
+    assert_eq!(u32_at(iso, 4), u32::from(madt::PIT_GSI_PC));
+    assert_eq!(u16_at(iso, 8), 0, "conforming polarity and trigger");
+}
+
+#[test]
+fn pic_mode_has_no_madt() {
+    let (mem, rsdp) = written(&config(false, 1, 2));
+    let (found, entries) = walk(&mem, rsdp);
+    assert_eq!(entries, vec![found["FACP"].0]);
+    assert!(!found.contains_key("APIC"));
+    check_full_fadt(&found);
 }
 
 #[test]
@@ -228,7 +245,7 @@ fn bad_configurations_are_refused() {
 
     for (ioapic, irq, ok) in [
         (false, 9, false),  // the SCI
-        (true, 9, true),    // no SCI when hardware-reduced
+        (true, 9, false),   // the SCI
         (false, 16, false), // beyond the 8259 pair
         (true, 16, true),   // an IOAPIC pin
         (true, 24, false),  // beyond the IOAPIC
@@ -241,6 +258,13 @@ fn bad_configurations_are_refused() {
         c.virtio[0].irq = irq;
         assert_eq!(build(&c).is_ok(), ok, "ioapic {ioapic} irq {irq}");
     }
+
+    let mut c = config(true, 1, 1);
+    c.pit_gsi = 24;
+    assert!(matches!(err(c), AcpiError::BadPitGsi(24)));
+    let mut c = config(true, 1, 1);
+    c.pit_gsi = c.virtio[0].irq;
+    assert!(err(c).to_string().contains("PIT arrives"));
 
     let mut c = config(true, 1, 2);
     c.virtio[1].irq = c.virtio[0].irq;
@@ -336,10 +360,15 @@ fn iasl_disassembles_the_dsdt() {
 
 #[test]
 fn iasl_decodes_fadt_and_madt() {
-    let apic = build(&config(true, 2, 1)).unwrap();
+    let mut c = config(true, 2, 1);
+    c.pit_gsi = madt::PIT_GSI_PC;
+    let apic = build(&c).unwrap();
     let fadt = squash(&iasl("facp", &apic.get("FACP").unwrap().bytes));
-    assert!(fadt.contains("HardwareReduced(V5):1"), "{fadt}");
+    assert!(fadt.contains("HardwareReduced(V5):0"), "{fadt}");
     assert!(fadt.contains("8042Presentonports60/64(V2):0"), "{fadt}");
+    assert!(fadt.contains("PM1AEventBlockAddress:00000600"), "{fadt}");
+    assert!(fadt.contains("PM1AControlBlockAddress:00000604"), "{fadt}");
+    assert!(fadt.contains("SCIInterrupt:0009"), "{fadt}");
     let madt = squash(&iasl("apic", &apic.get("APIC").unwrap().bytes));
     assert_eq!(madt.matches("[ProcessorLocalAPIC]").count(), 2, "{madt}");
     assert!(madt.contains("Address:FEC00000"), "{madt}");
@@ -351,10 +380,6 @@ fn iasl_decodes_fadt_and_madt() {
     assert!(iso.contains("Interrupt:00000002"), "{iso}");
 
     let pic = build(&config(false, 1, 1)).unwrap();
-    let fadt = squash(&iasl("facp", &pic.get("FACP").unwrap().bytes));
-    assert!(fadt.contains("HardwareReduced(V5):0"), "{fadt}");
-    assert!(fadt.contains("PM1AEventBlockAddress:00000600"), "{fadt}");
-    assert!(fadt.contains("SCIInterrupt:0009"), "{fadt}");
     let facs = squash(&iasl("facs", &pic.get("FACS").unwrap().bytes));
     assert!(facs.contains("Signature:\"FACS\""), "{facs}");
 }
