@@ -11,7 +11,7 @@ use acpi_tables::aml::{
 use acpi_tables::sdt::Sdt;
 use acpi_tables::Aml;
 
-use super::{AcpiConfig, VirtioSlot, OEM_ID, OEM_REVISION, OEM_TABLE_ID};
+use super::{low32, AcpiConfig, VirtioSlot, OEM_ID, OEM_REVISION, OEM_TABLE_ID};
 use crate::devices::{SERIAL_PORT, SERIAL_PORT_LEN};
 
 /// COM1's interrupt line on the PC.
@@ -89,12 +89,6 @@ fn com1(sink: &mut Vec<u8>) {
     let uid = Name::new(Path::new("_UID"), &0u8);
     let crs = Name::new(Path::new("_CRS"), &crs_template);
     Device::new(Path::new("COM1"), vec![&hid, &uid, &crs]).to_aml_bytes(sink);
-}
-
-/// A 32-bit value from a validated slot (below the IOAPIC, so below 4 GiB).
-fn low32(v: u64) -> u32 {
-    debug_assert!(v <= u64::from(u32::MAX));
-    u32::try_from(v).unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use acpi_tables::Aml;
 use super::{pm, OEM_ID, OEM_REVISION, OEM_TABLE_ID};
 use crate::devices::rtc;
 
-/// The SCI's interrupt line with a full FADT (the PC convention, and the line
+/// The SCI's interrupt line (the PC convention, and the line
 /// [`crate::layout::VIRTIO_MMIO_IRQS`] leaves free for it).
 pub const SCI_IRQ: u8 = 9;
 

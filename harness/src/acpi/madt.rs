@@ -11,7 +11,7 @@ use acpi_tables::madt::{EnabledStatus, IoApic, ProcessorLocalApic};
 use acpi_tables::sdt::Sdt;
 use acpi_tables::{Aml, AmlSink};
 
-use super::{OEM_ID, OEM_REVISION, OEM_TABLE_ID};
+use super::{low32, OEM_ID, OEM_REVISION, OEM_TABLE_ID};
 use crate::layout;
 use crate::machine::platform::PIT_IRQ;
 
@@ -92,12 +92,6 @@ pub fn build(cpus: u8, pit_gsi: u8) -> Vec<u8> {
         );
     }
     madt.as_slice().to_vec()
-}
-
-/// A 32-bit MMIO address from the layout (both APICs sit below 4 GiB).
-fn low32(addr: u64) -> u32 {
-    debug_assert!(addr <= u64::from(u32::MAX));
-    u32::try_from(addr).unwrap_or(0)
 }
 
 fn append(sdt: &mut Sdt, structure: &dyn Aml) {

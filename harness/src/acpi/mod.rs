@@ -342,6 +342,13 @@ pub fn write(mem: &GuestMem, tables: &AcpiTables) -> Result<u64, AcpiError> {
     Ok(tables.rsdp_addr())
 }
 
+/// A 32-bit address or size: the APICs' from the layout, and virtio slots
+/// [`validate`] checked to lie below the IOAPIC, are all below 4 GiB.
+fn low32(v: u64) -> u32 {
+    debug_assert!(v <= u64::from(u32::MAX));
+    u32::try_from(v).unwrap_or(0)
+}
+
 fn table(signature: &'static str, addr: u64, bytes: Vec<u8>) -> Table {
     Table {
         signature,

@@ -1,6 +1,7 @@
 //! The PM1 register blocks a full (not hardware-reduced) FADT must point at:
-//! the PM1a event block (status, enable) and the PM1a control block. Only
-//! used with the userspace PIC and PIT; see [`crate::acpi`] for why.
+//! the PM1a event block (status, enable) and the PM1a control block. lunavm's
+//! FADT is a full one in both interrupt-controller modes; see [`crate::acpi`]
+//! for why.
 //!
 //! Nothing in lunavm raises an ACPI event, so status always reads 0; enable
 //! keeps what the guest writes (ACPICA reads enables back to check them);
@@ -11,8 +12,9 @@
 //!
 //! One device covers both blocks: events at [`PM1_EVT_PORT`] (4 ports),
 //! control at [`PM1_CNT_PORT`] (2 ports), [`PM_PORT_LEN`] ports from
-//! [`PM1_EVT_PORT`]. The VMM installs it on the port-I/O bus when it writes a
-//! full FADT.
+//! [`PM1_EVT_PORT`]. The VMM installs it on the port-I/O bus whenever it
+//! writes the ACPI tables (with either irqchip: KVM's in-kernel devices do not
+//! decode these ports).
 
 use crate::devices::bus::{BusDevice, DeviceEvent, DeviceState, DeviceStateError};
 
