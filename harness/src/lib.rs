@@ -5,6 +5,7 @@
 //! buses and the virtual clock; front ends (the CLI now, Lua scripts, gdb and
 //! fuzzers later) drive it through [`machine::Machine::run`].
 
+pub mod acpi;
 pub mod boot;
 pub mod clock;
 pub mod devices;

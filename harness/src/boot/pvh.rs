@@ -18,6 +18,19 @@ pub const E820_RESERVED: u32 = 2;
 pub const MAX_MODULES: usize = 64;
 /// Where in the boot-tables page the module list starts (the memory map first).
 pub const MODLIST_OFFSET: u64 = 0x400;
+/// Offset of `rsdp_paddr` in `hvm_start_info`.
+pub const RSDP_PADDR_OFFSET: u64 = 32;
+
+/// Sets `hvm_start_info.rsdp_paddr` of the PVH kernel [`load`] prepared, so
+/// the kernel finds the ACPI tables without scanning for them (0 leaves it to
+/// the scan). Call it after [`load`]; other protocols have no such field.
+pub fn set_rsdp(mem: &GuestMem, rsdp_paddr: u64) {
+    super::write(
+        mem,
+        layout::BOOT_INFO_ADDR + RSDP_PADDR_OFFSET,
+        &rsdp_paddr.to_le_bytes(),
+    );
+}
 
 /// Serialises the e820 map as `hvm_memmap_table_entry` records.
 pub fn memmap_bytes(mem_size: u64) -> Vec<u8> {
@@ -76,7 +89,8 @@ pub fn load(
     info_block
         .extend_from_slice(&(if placed.is_empty() { 0 } else { modlist_paddr }).to_le_bytes());
     info_block.extend_from_slice(&cmdline_paddr.to_le_bytes());
-    info_block.extend_from_slice(&0u64.to_le_bytes()); // rsdp_paddr: no ACPI yet
+    debug_assert_eq!(info_block.len() as u64, RSDP_PADDR_OFFSET);
+    info_block.extend_from_slice(&0u64.to_le_bytes()); // rsdp_paddr: see set_rsdp
     info_block.extend_from_slice(&layout::BOOT_TABLES_ADDR.to_le_bytes());
     info_block.extend_from_slice(
         &u32::try_from(memmap_entries)
@@ -107,5 +121,15 @@ mod tests {
         assert_eq!(bytes.len() % 24, 0);
         assert!((bytes.len() as u64) <= MODLIST_OFFSET);
         assert!((MODLIST_OFFSET + 32 * MAX_MODULES as u64) <= layout::BOOT_TABLES_SIZE);
+    }
+
+    #[test]
+    fn set_rsdp_fills_the_start_info_field() {
+        let mem = crate::vm::memory::create(4 << 20).unwrap();
+        set_rsdp(&mem, 0xe_0000);
+        let mut b = [0u8; 8];
+        let at = layout::BOOT_INFO_ADDR + RSDP_PADDR_OFFSET;
+        assert!(crate::vm::memory::read_phys(&mem, at, &mut b));
+        assert_eq!(u64::from_le_bytes(b), 0xe_0000);
     }
 }

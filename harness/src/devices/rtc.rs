@@ -91,7 +91,8 @@ const REG_A: u8 = 0x0a;
 const REG_B: u8 = 0x0b;
 const REG_C: u8 = 0x0c;
 const REG_D: u8 = 0x0d;
-const REG_CENTURY: u8 = 0x32;
+/// CMOS index of the century byte (the FADT's `CENTURY` field names it).
+pub const REG_CENTURY: u8 = 0x32;
 
 const A_UIP: u8 = 0x80;
 const B_SET: u8 = 0x80;
