@@ -91,3 +91,23 @@ function test_unknown_devices_are_named()
   t.eq(#virtio.list(), 1)
   t.eq(virtio.list()[1].base, 0xd0000000)
 end
+
+function test_acpi_tables_describe_the_slots()
+  vm.boot{guest = "hello", disk = "/dev/null", net = true}
+  -- The RSDP sits where the BIOS-area scan finds it, and PVH points at it.
+  t.eq(mem.read(0xe0000, 8), "RSD PTR ")
+  t.eq(mem.read64(0x6000 + 32), 0xe0000, "hvm_start_info.rsdp_paddr")
+  -- XSDT -> FADT -> DSDT, which names one LNRO0005 device per slot.
+  local xsdt = mem.read64(0xe0000 + 24)
+  t.eq(mem.read(xsdt, 4), "XSDT")
+  local fadt = mem.read64(xsdt + 36)
+  t.eq(mem.read(fadt, 4), "FACP")
+  local dsdt = mem.read64(fadt + 140)
+  t.eq(mem.read(dsdt, 4), "DSDT")
+  local body = mem.read(dsdt, mem.read32(dsdt + 4))
+  local _, n = body:gsub("LNRO0005", "")
+  t.eq(n, 2, "two virtio slots")
+  -- COM1, whose _HID is PNP0501 as a compressed EISA id.
+  t.ok(body:find("COM1", 1, true), "COM1")
+  t.ok(body:find("\x41\xd0\x05\x01", 1, true), "EISAID PNP0501")
+end

@@ -366,8 +366,8 @@ fn iasl_decodes_fadt_and_madt() {
     let fadt = squash(&iasl("facp", &apic.get("FACP").unwrap().bytes));
     assert!(fadt.contains("HardwareReduced(V5):0"), "{fadt}");
     assert!(fadt.contains("8042Presentonports60/64(V2):0"), "{fadt}");
-    assert!(fadt.contains("PM1AEventBlockAddress:00000600"), "{fadt}");
-    assert!(fadt.contains("PM1AControlBlockAddress:00000604"), "{fadt}");
+    assert!(fadt.contains("PM1AEventBlockAddress:0000B000"), "{fadt}");
+    assert!(fadt.contains("PM1AControlBlockAddress:0000B004"), "{fadt}");
     assert!(fadt.contains("SCIInterrupt:0009"), "{fadt}");
     let madt = squash(&iasl("apic", &apic.get("APIC").unwrap().bytes));
     assert_eq!(madt.matches("[ProcessorLocalAPIC]").count(), 2, "{madt}");

@@ -164,6 +164,9 @@ pub enum MachineError {
     /// The virtio devices could not be created.
     #[error(transparent)]
     Virtio(#[from] virtio::VirtioSetupError),
+    /// The ACPI tables could not be built or written.
+    #[error(transparent)]
+    Acpi(#[from] crate::acpi::AcpiError),
 }
 
 /// The machine.
@@ -261,6 +264,11 @@ impl Machine {
             Arc::new(Mutex::new(DebugExit::new())),
         )?;
         pio_bus.insert(u64::from(devices::POST_CODE_PORT), 1, post_code.clone())?;
+        pio_bus.insert(
+            u64::from(crate::acpi::pm::PM1_EVT_PORT),
+            u64::from(crate::acpi::pm::PM_PORT_LEN),
+            Arc::new(Mutex::new(crate::acpi::pm::PmRegisters::new())),
+        )?;
         let platform =
             platform::Platform::new(config.rtc_start, config.irqchip == IrqchipMode::Userspace);
         platform.install(&mut pio_bus)?;
@@ -318,9 +326,37 @@ impl Machine {
         let announced = [cmdline, &self.virtio_cmdline()].join(" ");
         let cmdline = announced.trim();
         let kernel = boot::load(&self.vm.mem, self.vm.mem_size, image, cmdline, modules)?;
+        let rsdp = self.write_acpi()?;
+        if kernel.protocol == boot::Protocol::Pvh {
+            boot::pvh::set_rsdp(&self.vm.mem, rsdp);
+        }
         boot::enter(&self.vcpus[0], &self.vm.mem, &kernel)?;
         self.reg_cache.invalidate();
         Ok(self.kernel.insert(kernel))
+    }
+
+    /// Writes the ACPI tables describing this machine (its irqchip mode,
+    /// COM1 and the virtio slots) into the ACPI area; returns the RSDP's
+    /// address. Guests that do not look for ACPI never see them: the area is
+    /// reserved in the memory map.
+    fn write_acpi(&self) -> Result<u64, MachineError> {
+        let config = crate::acpi::AcpiConfig {
+            cpus: 1,
+            ioapic: self.config.irqchip == IrqchipMode::Kernel,
+            pit_gsi: crate::acpi::madt::PIT_GSI_KVM_DEFAULT,
+            virtio: self
+                .virtio
+                .iter()
+                .map(|s| crate::acpi::VirtioSlot {
+                    base: s.base,
+                    size: layout::VIRTIO_MMIO_SLOT_SIZE,
+                    irq: s.irq,
+                })
+                .collect(),
+            com1: true,
+        };
+        let tables = crate::acpi::build(&config)?;
+        Ok(crate::acpi::write(&self.vm.mem, &tables)?)
     }
 
     /// The intercepts, for front ends that add and remove them.
