@@ -77,6 +77,7 @@
 ---@field disk? string A virtio disk image ("PATH" or "PATH,rw"), as `--disk`.
 ---@field disks? string[] Several virtio disks, in slot order.
 ---@field net? boolean A virtio-net card (frames through `virtio.send`/`virtio.recv`).
+---@field pcap? string With `net`: capture every frame to this pcap file.
 ---@field vconsole? boolean A virtio-console (`virtio.write`/`virtio.read`).
 ---@field rng? boolean A virtio-rng fed from the seed.
 

@@ -153,6 +153,9 @@ struct RunArgs {
     /// A virtio network card with no host networking: frames go to and from the script.
     #[arg(long)]
     net: bool,
+    /// With --net: write every frame, both ways, to a pcap file (virtual-time stamps).
+    #[arg(long, value_name = "FILE", requires = "net")]
+    pcap: Option<PathBuf>,
     /// A virtio console: a second console stream for the script.
     #[arg(long)]
     vconsole: bool,
@@ -165,7 +168,9 @@ impl RunArgs {
     /// The virtio devices asked for, in slot order: disks, then net, console, rng.
     fn virtio(&self) -> Vec<VirtioSpec> {
         let mut v = self.disk.clone();
-        v.extend(self.net.then_some(VirtioSpec::Net));
+        v.extend(self.net.then(|| VirtioSpec::Net {
+            pcap: self.pcap.clone(),
+        }));
         v.extend(self.vconsole.then_some(VirtioSpec::Console));
         v.extend(self.rng.then_some(VirtioSpec::Rng));
         v

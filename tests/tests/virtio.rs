@@ -195,3 +195,33 @@ fn bad_disk_images_are_refused_clearly() {
         )
     );
 }
+
+#[test]
+fn pcap_captures_frames_with_virtual_time_stamps() {
+    let (d, _) = temp_file("unused", b"");
+    let capture = |name: &str| {
+        let path = d.path().join(name);
+        let (run, _) = run_virtio(&[
+            "--net",
+            "--pcap",
+            path.to_str().unwrap(),
+            "--cmdline",
+            "frames=3",
+        ]);
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+        std::fs::read(&path).unwrap()
+    };
+    let a = capture("a.pcap");
+    assert_eq!(a[0..4], 0xa1b2_3c4du32.to_le_bytes(), "nanosecond pcap");
+    assert_eq!(a[20..24], 1u32.to_le_bytes(), "Ethernet");
+    // Three records of 14 + "lunavm frame N" bytes.
+    let mut at = 24;
+    for n in 0..3 {
+        let len = u32::from_le_bytes(a[at + 8..at + 12].try_into().unwrap()) as usize;
+        let frame = &a[at + 16..at + 16 + len];
+        assert_eq!(&frame[14..], format!("lunavm frame {n}").as_bytes());
+        at += 16 + len;
+    }
+    assert_eq!(at, a.len());
+    assert_eq!(capture("b.pcap"), a, "two runs write the same capture");
+}

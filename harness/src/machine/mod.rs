@@ -214,6 +214,8 @@ pub struct Machine {
     pub(crate) virtio: Vec<virtio::VirtioSlot>,
     /// Interrupt edges devices raised, delivered before the next entry.
     pub(crate) irq_edges: std::sync::Arc<crate::devices::irq::IrqEdges>,
+    /// Virtual time as devices see it (pcap timestamps).
+    pub(crate) device_clock: std::sync::Arc<crate::devices::virtio::pcap::DeviceClock>,
 }
 
 /// The current vCPU's registers as last read or written, until it runs again.
@@ -275,10 +277,12 @@ impl Machine {
 
         let irq_edges = crate::devices::irq::IrqEdges::new();
         let mut mmio_bus = Bus::new();
+        let device_clock = crate::devices::virtio::pcap::DeviceClock::new();
         let virtio = virtio::create(
             &config.virtio,
             &vm.mem,
             &irq_edges,
+            &device_clock,
             config.seed,
             &mut mmio_bus,
         )?;
@@ -313,6 +317,7 @@ impl Machine {
             run_time_limit: None,
             virtio,
             irq_edges,
+            device_clock,
         })
     }
 

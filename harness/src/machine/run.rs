@@ -256,6 +256,7 @@ impl Machine {
                 Ok(VcpuExit::MmioRead(addr, data)) => {
                     self.exits.mmio_read += 1;
                     self.clock.charge(Charge::Mmio);
+                    self.device_clock.set(self.clock.now_ns());
                     self.mmio_bus.read(addr, data);
                     if self.config.trace_exits {
                         let time_ns = self.clock.now_ns();
@@ -388,6 +389,7 @@ impl Machine {
             Pending::MmioWrite { addr, data, len } => {
                 self.clock.charge(Charge::Mmio);
                 self.record(ExitKind::MmioWrite, addr, le_value(&data[..len]));
+                self.device_clock.set(self.clock.now_ns());
                 if let Some(stop) = self.mmio_bus.write(addr, &data[..len]).map(device_stop) {
                     return Ok(Some(stop));
                 }

@@ -15,6 +15,7 @@ use crate::devices::virtio::blk::{Blk, Disk, DiskError, DiskMode};
 use crate::devices::virtio::console::Console;
 use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::net::Net;
+use crate::devices::virtio::pcap::{DeviceClock, Pcap};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::VirtioDevice;
 use crate::layout::{VIRTIO_MMIO_BASE, VIRTIO_MMIO_IRQS, VIRTIO_MMIO_SLOT_SIZE};
@@ -32,7 +33,12 @@ pub enum VirtioSpec {
         mode: DiskMode,
     },
     /// A network card with no host networking.
-    Net,
+    Net {
+        /// Capture every frame to this pcap file (not kept in snapshots: a
+        /// restored machine captures only when asked again).
+        #[serde(skip)]
+        pcap: Option<PathBuf>,
+    },
     /// A second console.
     Console,
     /// An entropy source fed from the run's seed.
@@ -44,7 +50,7 @@ impl VirtioSpec {
     pub fn kind(&self) -> &'static str {
         match self {
             VirtioSpec::Blk { .. } => "blk",
-            VirtioSpec::Net => "net",
+            VirtioSpec::Net { .. } => "net",
             VirtioSpec::Console => "console",
             VirtioSpec::Rng => "rng",
         }
@@ -83,6 +89,15 @@ pub enum VirtioSetupError {
     /// A slot could not be placed on the MMIO bus.
     #[error(transparent)]
     Bus(#[from] BusError),
+    /// The pcap file could not be created.
+    #[error("Cannot create the pcap file {path}")]
+    Pcap {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// One populated virtio-mmio slot.
@@ -114,15 +129,25 @@ fn make_device(
     spec: &VirtioSpec,
     index: usize,
     seed: u64,
+    clock: &Arc<DeviceClock>,
 ) -> Result<Box<dyn VirtioDevice>, VirtioSetupError> {
     Ok(match spec {
         VirtioSpec::Blk { path, mode } => {
             let disk = Disk::open(path, *mode)?;
             Box::new(Blk::new(disk, &format!("lunavm-disk{index}"), false))
         }
-        VirtioSpec::Net => {
+        VirtioSpec::Net { pcap } => {
             let last = u8::try_from(index).unwrap_or(u8::MAX);
-            Box::new(Net::new([0x02, 0x4c, 0x55, 0x4e, 0x41, last]))
+            let mut net = Net::new([0x02, 0x4c, 0x55, 0x4e, 0x41, last]);
+            if let Some(path) = pcap {
+                let p =
+                    Pcap::create(path, clock.clone()).map_err(|source| VirtioSetupError::Pcap {
+                        path: path.clone(),
+                        source,
+                    })?;
+                net.capture(p);
+            }
+            Box::new(net)
         }
         VirtioSpec::Console => Box::new(Console::new()),
         VirtioSpec::Rng => Box::new(Rng::new(seed)),
@@ -134,6 +159,7 @@ pub fn create(
     specs: &[VirtioSpec],
     mem: &GuestMem,
     edges: &Arc<IrqEdges>,
+    clock: &Arc<DeviceClock>,
     seed: u64,
     bus: &mut Bus,
 ) -> Result<Vec<VirtioSlot>, VirtioSetupError> {
@@ -146,7 +172,7 @@ pub fn create(
         .map(|(i, spec)| {
             let base = VIRTIO_MMIO_BASE + i as u64 * VIRTIO_MMIO_SLOT_SIZE;
             let irq = VIRTIO_MMIO_IRQS[i];
-            let device = make_device(spec, i, seed)?;
+            let device = make_device(spec, i, seed, clock)?;
             let transport = Arc::new(Mutex::new(MmioTransport::new(
                 device,
                 mem.clone(),
@@ -186,6 +212,7 @@ impl Machine {
         f: impl FnOnce(&mut dyn VirtioDevice) -> R,
     ) -> Option<R> {
         let slot = self.virtio.get(index)?;
+        self.device_clock.set(self.clock.now_ns());
         let r = lock(&slot.transport).host(f);
         Some(r)
     }

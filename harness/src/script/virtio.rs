@@ -32,8 +32,12 @@ pub fn boot_devices(opts: &Option<Table>) -> ApiResult<Vec<VirtioSpec>> {
             specs.push(VirtioSpec::parse_disk(&d)?);
         }
     }
+    let pcap = opt::<String>(opts, "pcap")?.map(std::path::PathBuf::from);
+    if pcap.is_some() && !opt::<bool>(opts, "net")?.unwrap_or(false) {
+        return Err("pcap= needs net=true".into());
+    }
     for (key, spec) in [
-        ("net", VirtioSpec::Net),
+        ("net", VirtioSpec::Net { pcap }),
         ("vconsole", VirtioSpec::Console),
         ("rng", VirtioSpec::Rng),
     ] {

@@ -18,6 +18,7 @@ pub mod driver;
 pub mod hexstate;
 pub mod mmio;
 pub mod net;
+pub mod pcap;
 pub mod rng;
 #[cfg(test)]
 mod tests;

@@ -31,6 +31,8 @@ const QUEUE_LIMIT: usize = 4096;
 /// The network card.
 pub struct Net {
     state: NetState,
+    /// Every frame either way, when capturing.
+    pcap: Option<super::pcap::Pcap>,
 }
 
 #[derive(Clone, Default, Serialize, Deserialize)]
@@ -65,7 +67,13 @@ impl Net {
                 mac,
                 ..NetState::default()
             },
+            pcap: None,
         }
+    }
+
+    /// Records every frame sent or delivered in `pcap`.
+    pub fn capture(&mut self, pcap: super::pcap::Pcap) {
+        self.pcap = Some(pcap);
     }
 
     /// The MAC address.
@@ -120,6 +128,9 @@ impl Net {
                 let n = r.read(&mut frame);
                 frame.truncate(n);
                 self.state.stats.tx_frames += 1;
+                if let Some(p) = &mut self.pcap {
+                    p.record(&frame);
+                }
                 push_bounded(&mut self.state.sent, frame, &mut self.state.stats);
             }
             queues.complete(TX, chain.head, 0)?;
@@ -146,6 +157,9 @@ impl Net {
             let mut w = chain.writer(queues.mem());
             w.write(&hdr);
             w.write(frame);
+            if let Some(p) = &mut self.pcap {
+                p.record(frame);
+            }
             self.state.to_guest.pop_front();
             self.state.stats.rx_frames += 1;
             queues.complete(RX, chain.head, len32(total as u64))?;
