@@ -397,6 +397,23 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn chains_longer_than_4_gib_are_refused() {
+        // An indirect table of 4097 descriptors, each the whole 1 MiB memory.
+        let m = mem();
+        let ind = 0x2_0000;
+        let n: u16 = 4097;
+        for i in 0..n {
+            let flags = if i + 1 < n { F_NEXT } else { 0 };
+            put_desc(&m, ind, i, 0, 1 << 20, flags, i + 1);
+        }
+        put_desc(&m, T, 0, ind, u32::from(n) * 16, F_INDIRECT, 0);
+        assert_eq!(
+            Chain::walk(&m, GuestAddress(T), 8, 0),
+            Err(ChainError::TooLong)
+        );
+    }
+
+    #[test]
     fn one_indirect_table_is_followed_but_not_nested() {
         let m = mem();
         let ind = 0x2000;
