@@ -70,11 +70,18 @@ pub enum Target {
     VirtioConsole,
     /// virtio-rng.
     VirtioRng,
+    /// The ucall port: a 32-bit `out` whose value is the command, decoding
+    /// the struct at [`UCALL_STRUCT_ADDR`] in guest memory (the decoder the
+    /// run loop uses, after its page walk).
+    Ucall,
 }
+
+/// Where the ucall target's guest keeps its ucall struct.
+pub const UCALL_STRUCT_ADDR: u64 = 0x8000;
 
 impl Target {
     /// Every target, with its name in `fuzz/` and `corpora/`.
-    pub const ALL: [(Target, &'static str); 10] = [
+    pub const ALL: [(Target, &'static str); 11] = [
         (Target::Uart, "uart"),
         (Target::DebugExit, "debug_exit"),
         (Target::Pic, "pic"),
@@ -85,6 +92,7 @@ impl Target {
         (Target::VirtioNet, "virtio_net"),
         (Target::VirtioConsole, "virtio_console"),
         (Target::VirtioRng, "virtio_rng"),
+        (Target::Ucall, "ucall"),
     ];
 
     /// The target called `name`.
@@ -103,6 +111,7 @@ impl Target {
             Target::Pic => &[(false, 0x20, 2), (false, 0xa0, 2), (false, 0x4d0, 2)],
             Target::Pit => &[(false, 0x40, 4), (false, 0x61, 1)],
             Target::Rtc => &[(false, 0x70, 2)],
+            Target::Ucall => &[(false, crate::devices::UCALL_PORT as u64, 4)],
             _ => &[(true, VIRTIO_BASE, 0x200)],
         }
     }
@@ -347,6 +356,9 @@ impl World {
                 self.bus(mmio).read(addr, &mut data[..width.bytes()]);
                 seen.push(u64::from_le_bytes(data));
             }
+            Action::Write { value, .. } if self.target == Target::Ucall => {
+                seen.push(ucall_digest(&self.mem, *value));
+            }
             Action::Write { at, width, value } => {
                 let (mmio, addr) = self.address(*at);
                 let bytes = value.to_le_bytes();
@@ -509,6 +521,19 @@ struct Saved {
     memory: Vec<u8>,
     driver: Driver,
     now: u64,
+}
+
+/// What the harness learns from a ucall: the decoded call or the error, hashed.
+fn ucall_digest(mem: &GuestMem, eax: u64) -> u64 {
+    use crate::ucall::{decode, UCALL_STRUCT_SIZE};
+    let mut raw = [0u8; UCALL_STRUCT_SIZE];
+    let _ = mem.read_slice(&mut raw, GuestAddress(UCALL_STRUCT_ADDR));
+    let eax = u32::try_from(eax & 0xffff_ffff).unwrap_or(0);
+    let text = match decode(eax, UCALL_STRUCT_ADDR, Some(&raw)) {
+        Ok(u) => format!("{:?} {:?} {}", u.cmd, u.args, u.msg),
+        Err(e) => e.to_string(),
+    };
+    hash(text.as_bytes())
 }
 
 fn hash(b: &[u8]) -> u64 {

@@ -303,6 +303,35 @@ pub fn seeds(target: Target) -> Vec<(&'static str, Vec<Action>)> {
                 Action::Ack,
             ],
         )],
+        Target::Ucall => {
+            use crate::ucall::{UCALL_MAGIC, UCALL_STRUCT_SIZE, UCALL_VERSION};
+            let ucall = |cmd: u16, args: &[u64], msg: &str| {
+                let mut b = vec![0u8; UCALL_STRUCT_SIZE];
+                b[0..4].copy_from_slice(&UCALL_MAGIC.to_le_bytes());
+                b[4..6].copy_from_slice(&UCALL_VERSION.to_le_bytes());
+                b[6..8].copy_from_slice(&cmd.to_le_bytes());
+                let n = u32::try_from(args.len()).unwrap_or(0);
+                b[8..12].copy_from_slice(&n.to_le_bytes());
+                for (i, a) in args.iter().enumerate() {
+                    b[16 + 8 * i..24 + 8 * i].copy_from_slice(&a.to_le_bytes());
+                }
+                b[64..64 + msg.len()].copy_from_slice(msg.as_bytes());
+                b
+            };
+            let at = u32::try_from(super::UCALL_STRUCT_ADDR).unwrap_or(0);
+            vec![(
+                "print-sync-assert",
+                vec![
+                    mem(at, &ucall(3, &[], "hello")),
+                    w(0, B4, 3),
+                    mem(at, &ucall(4, &[7], "")),
+                    w(0, B4, 4),
+                    mem(at, &ucall(2, &[1, 2], "x == y")),
+                    w(0, B4, 2),
+                    w(0, B4, 99),
+                ],
+            )]
+        }
         Target::VirtioRng => vec![(
             "read",
             vec![
