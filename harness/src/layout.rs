@@ -9,6 +9,7 @@
 //! 0x0000_6000 - 0x0000_6fff  boot information page (hvm_start_info / multiboot info)
 //! 0x0000_7000 - 0x0000_7fff  memory map and module list
 //! 0x0000_8000 - 0x0000_8fff  boot GDT (harness)
+//! 0x0000_9000 - 0x0000_efff  identity page tables for Linux's 64-bit entry
 //! 0x0002_0000 - 0x0002_ffff  kernel command line (up to 64 KiB)
 //! 0x0009_fc00 - 0x000f_ffff  legacy EBDA/VGA/BIOS hole (reserved in the map)
 //! 0x000e_0000 - 0x000f_ffff  ACPI tables (RSDP where the BIOS-area scan finds it)
@@ -32,6 +33,9 @@ pub const BOOT_TABLES_ADDR: u64 = 0x7000;
 pub const BOOT_TABLES_SIZE: u64 = 0x1000;
 /// The GDT the harness installs for 32-bit protected-mode entry.
 pub const BOOT_GDT_ADDR: u64 = 0x8000;
+/// Page tables of Linux's 64-bit entry: PML4, PDPT, then four page
+/// directories mapping 0-4 GiB with 2 MiB pages (six pages).
+pub const BOOT_PAGE_TABLES_ADDR: u64 = 0x9000;
 /// Where the kernel command line is copied.
 pub const CMDLINE_ADDR: u64 = 0x2_0000;
 /// Maximum command line length, including the terminating NUL.

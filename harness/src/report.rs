@@ -138,6 +138,7 @@ impl RunReport {
         let proto = match self.protocol {
             Some(Protocol::Pvh) => "pvh",
             Some(Protocol::Multiboot) => "multiboot",
+            Some(Protocol::Linux) => "linux",
             None => "not loaded",
         };
         let _ = writeln!(

@@ -32,6 +32,9 @@ pub struct ElfInfo {
     pub segments: Vec<Segment>,
     /// The PVH 32-bit entry from the Xen note, if there is one.
     pub pvh_entry: Option<u64>,
+    /// A Linux x86-64 vmlinux: ELF64 with Linux's `.head.text` section (where
+    /// `startup_64` lives), enterable through the 64-bit boot protocol.
+    pub linux_64: bool,
 }
 
 /// Errors of parsing an ELF file.
@@ -127,12 +130,30 @@ fn parse_generic<H: FileHeader<Endian = Endianness>>(data: &[u8]) -> Result<ElfI
             }
         }
     }
+    let linux_64 = header.is_class_64() && has_section(header, endian, data, b".head.text");
     Ok(ElfInfo {
         is_64: header.is_class_64(),
         entry: header.e_entry(endian).into(),
         segments,
         pvh_entry,
+        linux_64,
     })
+}
+
+/// Whether the file has a section called `name` (false when the section
+/// table cannot be read: it is optional for loading).
+fn has_section<H: FileHeader<Endian = Endianness>>(
+    header: &H,
+    endian: Endianness,
+    data: &[u8],
+    name: &[u8],
+) -> bool {
+    let Ok(sections) = header.sections(endian, data) else {
+        return false;
+    };
+    sections
+        .iter()
+        .any(|s| sections.section_name(endian, s).is_ok_and(|n| n == name))
 }
 
 /// A note's descriptor read as a little-endian 32- or 64-bit value.

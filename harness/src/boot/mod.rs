@@ -1,7 +1,9 @@
 //! Kernel loaders: Xen PVH ELF kernels and multiboot v1 kernels, entered in 32-bit
-//! protected mode the way QEMU's `-kernel` enters them.
+//! protected mode the way QEMU's `-kernel` enters them, and Linux bzImage and
+//! vmlinux kernels through Linux's 64-bit boot protocol.
 
 pub mod elf;
+pub mod linux;
 pub mod multiboot;
 pub mod pvh;
 
@@ -28,6 +30,8 @@ pub enum Protocol {
     Pvh,
     /// Multiboot v1: 32-bit entry, EAX = 0x2BADB002, EBX = multiboot info.
     Multiboot,
+    /// Linux's 64-bit boot protocol: long mode, RSI = boot_params.
+    Linux,
 }
 
 /// A loaded kernel, ready to enter.
@@ -39,7 +43,8 @@ pub struct LoadedKernel {
     pub entry: u64,
     /// Value for EAX at entry.
     pub eax: u64,
-    /// Value for EBX at entry (the boot information block).
+    /// Value for EBX at entry (the boot information block); for
+    /// [`Protocol::Linux`], RSI (boot_params).
     pub ebx: u64,
     /// First byte of the loaded image.
     pub image_start: u64,
@@ -59,8 +64,11 @@ pub enum BootError {
     #[error("Kernel image is not an ELF file and has no multiboot header in its first 8 KiB")]
     UnknownFormat,
     /// An ELF file with no entry lunavm can use.
-    #[error("ELF kernel has neither a Xen PVH entry note nor a multiboot header: lunavm boots PVH and multiboot v1 kernels")]
+    #[error("ELF kernel has neither a Xen PVH entry note nor a multiboot header, and is not a Linux vmlinux: lunavm boots PVH, multiboot v1 and Linux kernels")]
     NoEntry,
+    /// A Linux kernel image lunavm cannot boot.
+    #[error("Linux kernel: {0}")]
+    Linux(String),
     /// The ELF file is malformed.
     #[error(transparent)]
     Elf(#[from] elf::ElfError),
@@ -258,6 +266,9 @@ pub fn load(
     if image.is_empty() {
         return Err(BootError::Empty);
     }
+    if linux::is_bzimage(image) {
+        return linux::load_bzimage(mem, mem_size, image, cmdline, modules);
+    }
     let elf_info = if elf::is_elf(image) {
         Some(elf::parse(image)?)
     } else {
@@ -266,6 +277,9 @@ pub fn load(
     if let Some(info) = &elf_info {
         if let Some(entry) = info.pvh_entry {
             return pvh::load(mem, mem_size, image, info, entry, cmdline, modules);
+        }
+        if info.linux_64 {
+            return linux::load_vmlinux(mem, mem_size, image, info, cmdline, modules);
         }
     }
     match multiboot::find_header(image)? {
@@ -283,20 +297,34 @@ pub fn load(
     }
 }
 
-/// Sets the vCPU to the 32-bit protected-mode entry state for `kernel`, with the
-/// boot GDT written at [`layout::BOOT_GDT_ADDR`].
+/// Sets the vCPU to `kernel`'s entry state, with the boot GDT written at
+/// [`layout::BOOT_GDT_ADDR`]: 32-bit protected mode for PVH and multiboot,
+/// long mode on the identity map for Linux's 64-bit entry.
 pub fn enter(vcpu: &VcpuFd, mem: &GuestMem, kernel: &LoadedKernel) -> Result<(), BootError> {
-    let gdt: Vec<u8> = regs::BOOT_GDT
-        .iter()
-        .flat_map(|d| d.to_le_bytes())
-        .collect();
+    let linux = kernel.protocol == Protocol::Linux;
+    let table: &[u64] = if linux {
+        &regs::LINUX_GDT
+    } else {
+        &regs::BOOT_GDT
+    };
+    let gdt: Vec<u8> = table.iter().flat_map(|d| d.to_le_bytes()).collect();
     write(mem, layout::BOOT_GDT_ADDR, &gdt);
     let kvm = |what| move |source| BootError::Kvm { what, source };
     let mut sregs = vcpu.get_sregs().map_err(kvm("read sregs"))?;
-    regs::set_protected_mode_32(&mut sregs, layout::BOOT_GDT_ADDR);
+    let mut r = regs::entry_regs(kernel.entry, kernel.eax, kernel.ebx);
+    if linux {
+        regs::set_long_mode_64(
+            &mut sregs,
+            layout::BOOT_GDT_ADDR,
+            layout::BOOT_PAGE_TABLES_ADDR,
+        );
+        r.rsi = kernel.ebx;
+        r.rbx = 0;
+    } else {
+        regs::set_protected_mode_32(&mut sregs, layout::BOOT_GDT_ADDR);
+    }
     vcpu.set_sregs(&sregs).map_err(kvm("set sregs"))?;
-    vcpu.set_regs(&regs::entry_regs(kernel.entry, kernel.eax, kernel.ebx))
-        .map_err(kvm("set registers"))?;
+    vcpu.set_regs(&r).map_err(kvm("set registers"))?;
     Ok(())
 }
 

@@ -332,8 +332,10 @@ impl Machine {
         let cmdline = announced.trim();
         let kernel = boot::load(&self.vm.mem, self.vm.mem_size, image, cmdline, modules)?;
         let rsdp = self.write_acpi()?;
-        if kernel.protocol == boot::Protocol::Pvh {
-            boot::pvh::set_rsdp(&self.vm.mem, rsdp);
+        match kernel.protocol {
+            boot::Protocol::Pvh => boot::pvh::set_rsdp(&self.vm.mem, rsdp),
+            boot::Protocol::Linux => boot::linux::set_rsdp(&self.vm.mem, rsdp),
+            boot::Protocol::Multiboot => {}
         }
         boot::enter(&self.vcpus[0], &self.vm.mem, &kernel)?;
         self.reg_cache.invalidate();

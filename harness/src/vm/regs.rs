@@ -86,6 +86,28 @@ pub fn set_protected_mode_32(sregs: &mut kvm_sregs, gdt_addr: u64) {
     sregs.efer = 0;
 }
 
+/// GDT of Linux's 64-bit boot protocol: [`BOOT_GDT`] with `__BOOT_CS`
+/// (0x10) a 64-bit code segment; `__BOOT_DS` (0x18) and the TSS as there.
+pub const LINUX_GDT: [u64; 5] = [
+    0,
+    0,
+    0x00af_9b00_0000_ffff,
+    0x00cf_9300_0000_ffff,
+    0x0000_8b00_0000_0067,
+];
+
+/// Long mode with paging on (`cr3` = the identity page tables), the
+/// [`LINUX_GDT`] at `gdt_addr` loaded, as Linux's 64-bit entry expects.
+pub fn set_long_mode_64(sregs: &mut kvm_sregs, gdt_addr: u64, cr3: u64) {
+    set_protected_mode_32(sregs, gdt_addr);
+    sregs.cs.l = 1;
+    sregs.cs.db = 0;
+    sregs.cr0 = 0x8005_0033; // PG | AM | WP | NE | ET | MP | PE
+    sregs.cr3 = cr3;
+    sregs.cr4 = 0x20; // PAE
+    sregs.efer = 0x500; // LME | LMA
+}
+
 /// Initial general registers: everything zero, RFLAGS reserved bit set.
 pub fn entry_regs(rip: u64, rax: u64, rbx: u64) -> kvm_regs {
     kvm_regs {
