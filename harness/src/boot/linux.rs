@@ -217,6 +217,33 @@ fn write_page_tables(mem: &GuestMem) {
     }
 }
 
+/// The command line lunavm gives a Linux kernel: `nokaslr` (so symbols hold;
+/// left out when the user's line says `kaslr`), and for every CPU feature
+/// the CPU profile hides but the host's KVM still shows the guest (the
+/// profile's CPUID mask is ignored on some hosts, see the README),
+/// `clearcpuid=` with Linux's names for them, plus `noxsave` and
+/// `nofsgsbase` for the two Linux also needs switched off by their own
+/// options. Then the user's line, which can add to all of this.
+pub fn compat_cmdline(user: &str, still_visible: &[&str]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    if !user
+        .split_whitespace()
+        .any(|w| w == "kaslr" || w == "nokaslr")
+    {
+        parts.push("nokaslr".into());
+    }
+    if !still_visible.is_empty() {
+        parts.push(format!("clearcpuid={}", still_visible.join(",")));
+    }
+    for (feature, option) in [("xsave", "noxsave"), ("fsgsbase", "nofsgsbase")] {
+        if still_visible.contains(&feature) {
+            parts.push(option.into());
+        }
+    }
+    parts.push(user.to_string());
+    parts.join(" ").trim().to_string()
+}
+
 /// Sets `boot_params.acpi_rsdp_addr`, so the kernel finds the ACPI tables
 /// without scanning (protocol 2.14 and later; older kernels scan).
 pub fn set_rsdp(mem: &GuestMem, rsdp_paddr: u64) {
@@ -292,6 +319,19 @@ mod tests {
             .read_obj::<u64>(GuestAddress(layout::BOOT_PAGE_TABLES_ADDR + 0x5000 + 8))
             .unwrap();
         assert_eq!(pde & !0xfff, (3 << 30) | (1 << 21));
+    }
+
+    #[test]
+    fn the_compat_command_line_hides_what_the_profile_hides() {
+        assert_eq!(
+            compat_cmdline("console=ttyS0", &[]),
+            "nokaslr console=ttyS0"
+        );
+        assert_eq!(compat_cmdline("kaslr", &[]), "kaslr");
+        assert_eq!(
+            compat_cmdline("quiet", &["popcnt", "xsave", "fsgsbase"]),
+            "nokaslr clearcpuid=popcnt,xsave,fsgsbase noxsave nofsgsbase quiet"
+        );
     }
 
     #[test]

@@ -254,6 +254,12 @@ pub(crate) fn align_up(v: u64, align: u64) -> u64 {
     (v + align - 1) & !(align - 1)
 }
 
+/// Whether `image` is a Linux kernel lunavm boots through Linux's own boot
+/// protocol or its PVH note (a bzImage, or a vmlinux).
+pub fn is_linux(image: &[u8]) -> bool {
+    linux::is_bzimage(image) || (elf::is_elf(image) && elf::parse(image).is_ok_and(|i| i.linux_64))
+}
+
 /// Loads `image` with the protocol it declares, writes the boot information,
 /// and returns how to enter it.
 pub fn load(

@@ -328,7 +328,11 @@ impl Machine {
         cmdline: &str,
         modules: &[Module],
     ) -> Result<&LoadedKernel, MachineError> {
-        let announced = [cmdline, &self.virtio_cmdline()].join(" ");
+        let mut announced = [cmdline, &self.virtio_cmdline()].join(" ");
+        if boot::is_linux(image) {
+            let hidden = self.cpuid_comparison().still_visible;
+            announced = boot::linux::compat_cmdline(&announced, &hidden);
+        }
         let cmdline = announced.trim();
         let kernel = boot::load(&self.vm.mem, self.vm.mem_size, image, cmdline, modules)?;
         let rsdp = self.write_acpi()?;
