@@ -319,3 +319,107 @@ fn gdb_monitor_commands_show_state_and_restore_snapshots() {
     assert!(stdout.contains("Hello from lunavm guest"), "{context}");
     assert_eq!(code, Some(0), "{context}");
 }
+
+#[test]
+fn gdb_sees_and_writes_segment_bases_and_control_registers() {
+    require_kvm();
+    let (_dir, elf_path) = temp_file("hello.elf", &guest_elf("hello"));
+    let port = free_port();
+    let server = start_server(&["--guest", "hello"], port);
+    let commands: Vec<String> = [
+        "set architecture i386:x86-64".to_string(),
+        format!("target remote 127.0.0.1:{port}"),
+        "hbreak guest_main".into(),
+        "continue".into(),
+        "info registers cr0".into(),
+        "info registers efer".into(),
+        "p/x $cr3 == $cr3".into(),
+        "set $fs_base = 0x1234000".into(),
+        "set $gs_base = 0x5678000".into(),
+        "p/x $fs_base".into(),
+        // The machine sees gdb's writes (read back through Lua, not gdb).
+        "monitor lua cpu.get(\"fs_base\")".into(),
+        "monitor lua cpu.get(\"gs_base\")".into(),
+        "continue".into(),
+    ]
+    .into_iter()
+    .collect();
+    let transcript = run_gdb(&elf_path, &commands, |_| {});
+    let (code, stdout, stderr) = finish_server(server);
+    let context = format!("gdb:\n{transcript}\nlunavm stdout:\n{stdout}\nlunavm stderr:\n{stderr}");
+    eprintln!("{context}");
+    let line = |prefix: &str| {
+        transcript
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no line starting {prefix:?}\n{context}"))
+            .to_string()
+    };
+    let cr0 = line("cr0 ");
+    assert!(
+        cr0.contains(" PE ") && cr0.contains(" PG "),
+        "cr0 with its flags\n{context}"
+    );
+    assert!(line("efer ").contains(" LMA "), "{context}");
+    assert!(transcript.contains("$2 = 0x1234000"), "{context}");
+    assert!(transcript.contains("19087360 (0x1234000)"), "{context}");
+    assert!(transcript.contains("90669056 (0x5678000)"), "{context}");
+    assert!(transcript.contains("exited normally"), "{context}");
+    assert_eq!(code, Some(0), "{context}");
+}
+
+#[test]
+fn gdb_monitor_lua_runs_against_the_stopped_machine() {
+    require_kvm();
+    let elf = guest_elf("hello");
+    let main_addr = symbol_address(&elf, "guest_main");
+    let (_dir, elf_path) = temp_file("hello.elf", &elf);
+    let port = free_port();
+    let server = start_server(&["--guest", "hello"], port);
+    let commands: Vec<String> = [
+        "set architecture i386:x86-64".to_string(),
+        format!("target remote 127.0.0.1:{port}"),
+        "hbreak guest_main".into(),
+        "continue".into(),
+        "monitor lua cpu.get(\"rip\")".into(),
+        "monitor lua x = 41".into(),
+        "monitor lua x + 1".into(),
+        "monitor lua print(\"from lua\", 7) return 1, \"two\"".into(),
+        // Lua changes the machine; gdb sees it once its cache is flushed.
+        "monitor lua cpu.set(\"rbx\", 0xabc)".into(),
+        "maintenance flush register-cache".into(),
+        "p/x $rbx".into(),
+        "monitor lua (".into(),
+        "monitor lua error(\"boom\")".into(),
+        "monitor lua".into(),
+        "continue".into(),
+    ]
+    .into_iter()
+    .collect();
+    let transcript = run_gdb(&elf_path, &commands, |_| {});
+    let (code, stdout, stderr) = finish_server(server);
+    let context = format!("gdb:\n{transcript}\nlunavm stdout:\n{stdout}\nlunavm stderr:\n{stderr}");
+    eprintln!("{context}");
+    assert!(
+        transcript.contains(&format!("{main_addr} ({main_addr:#x})")),
+        "rip from Lua\n{context}"
+    );
+    assert!(transcript.contains("(no value)"), "{context}");
+    assert!(transcript.contains("42 (0x2a)"), "{context}");
+    assert!(
+        transcript.contains("from lua\t7\n1 (0x1)\n\"two\"\n"),
+        "{context}"
+    );
+    assert!(transcript.contains("$1 = 0xabc"), "{context}");
+    assert!(transcript.contains("error: monitor lua:1:"), "{context}");
+    assert!(
+        transcript.contains("error: monitor lua:1: boom"),
+        "{context}"
+    );
+    assert!(
+        transcript.contains("error: usage: monitor lua CODE"),
+        "{context}"
+    );
+    assert!(transcript.contains("exited normally"), "{context}");
+    assert_eq!(code, Some(0), "{context}");
+}

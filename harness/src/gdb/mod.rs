@@ -35,6 +35,7 @@
 //! the machine then stops with [`StopReason::Interrupted`] and the byte is
 //! read by the event loop on this thread.
 
+pub mod arch;
 mod monitor;
 mod target;
 
@@ -67,6 +68,12 @@ pub enum GdbError {
     /// The machine failed while gdb drove it.
     #[error(transparent)]
     Machine(#[from] MachineError),
+    /// The Lua session behind `monitor lua` could not be set up.
+    #[error("Cannot set up the Lua session for gdb: {0}")]
+    Lua(crate::script::ScriptError),
+    /// A `monitor lua` chunk left the session without a machine.
+    #[error("The Lua session has no machine any more")]
+    NoMachine,
 }
 
 /// How a gdb session ended.
@@ -81,12 +88,23 @@ pub enum SessionEnd {
 
 /// Listens on `addr`, waits for one gdb connection and serves it until gdb
 /// detaches or the guest ends the run. The guest does not run before gdb
-/// connects (it is at its first instruction).
+/// connects (it is at its first instruction). Returns the machine (a
+/// `monitor lua` chunk may have replaced it) and how the session ended.
 pub fn serve(
-    machine: &mut Machine,
+    machine: Machine,
     addr: &str,
     qemu_exit_codes: bool,
-) -> Result<SessionEnd, GdbError> {
+) -> (Option<Machine>, Result<SessionEnd, GdbError>) {
+    let mut target = match GdbTarget::new(machine, qemu_exit_codes) {
+        Ok(t) => t,
+        Err(e) => return (None, Err(e)),
+    };
+    let result = serve_target(&mut target, addr);
+    (target.into_machine(), result)
+}
+
+/// Listens on `addr` and serves gdb connections to `target`.
+fn serve_target(target: &mut GdbTarget, addr: &str) -> Result<SessionEnd, GdbError> {
     let listen_err = |source| GdbError::Listen {
         addr: addr.to_string(),
         source,
@@ -102,22 +120,17 @@ pub fn serve(
     eprintln!("lunavm: gdb connected from {peer}");
     // gdb's packets are small and interactive.
     let _ = stream.set_nodelay(true);
-    serve_connection(machine, stream, qemu_exit_codes)
+    serve_connection(target, stream)
 }
 
 /// Serves one gdb connection.
-pub fn serve_connection(
-    machine: &mut Machine,
-    stream: TcpStream,
-    qemu_exit_codes: bool,
-) -> Result<SessionEnd, GdbError> {
-    let mut target = GdbTarget::new(machine, qemu_exit_codes);
+fn serve_connection(target: &mut GdbTarget, stream: TcpStream) -> Result<SessionEnd, GdbError> {
     let gdb = GdbStub::new(stream);
-    let result = gdb.run_blocking::<EventLoop>(&mut target);
+    let result = gdb.run_blocking::<EventLoop>(target);
     let finished = target.finished.take();
     // gdb's breakpoints do not outlive its session.
     target
-        .machine
+        .machine()?
         .remove_breakpoints(crate::machine::debug::Owner::Gdb)?;
     match result {
         Ok(DisconnectReason::TargetExited(_) | DisconnectReason::TargetTerminated(_)) => {
@@ -128,7 +141,7 @@ pub fn serve_connection(
         Err(e) => {
             if e.is_target_error() {
                 if let Some(err) = e.into_target_error() {
-                    return Err(err.into());
+                    return Err(err);
                 }
             } else {
                 eprintln!("lunavm: gdb connection ended: {e}; running on");
@@ -169,20 +182,20 @@ fn watch_socket(stream: &TcpStream, flag: &AtomicBool, done: &AtomicBool) {
 const WATCH_TICK: Duration = Duration::from_millis(10);
 
 /// gdbstub's blocking event loop over the machine.
-struct EventLoop<'a>(std::marker::PhantomData<&'a mut Machine>);
+struct EventLoop;
 
-type WaitResult<'a> = Result<
+type WaitResult = Result<
     run_blocking::Event<SingleThreadStopReason<u64>>,
     run_blocking::WaitForStopReasonError<
-        <GdbTarget<'a> as Target>::Error,
+        <GdbTarget as Target>::Error,
         <TcpStream as Connection>::Error,
     >,
 >;
 
-impl<'a> EventLoop<'a> {
+impl EventLoop {
     /// Runs the machine as the last resume asked, stopping when gdb sends a
     /// byte.
-    fn run_machine(target: &mut GdbTarget<'a>, conn: &mut TcpStream) -> WaitResult<'a> {
+    fn run_machine(target: &mut GdbTarget, conn: &mut TcpStream) -> WaitResult {
         use run_blocking::{Event, WaitForStopReasonError as E};
         let flag = Arc::new(AtomicBool::new(false));
         let done = AtomicBool::new(false);
@@ -211,15 +224,12 @@ impl<'a> EventLoop<'a> {
     }
 }
 
-impl<'a> run_blocking::BlockingEventLoop for EventLoop<'a> {
-    type Target = GdbTarget<'a>;
+impl run_blocking::BlockingEventLoop for EventLoop {
+    type Target = GdbTarget;
     type Connection = TcpStream;
     type StopReason = SingleThreadStopReason<u64>;
 
-    fn wait_for_stop_reason(
-        target: &mut Self::Target,
-        conn: &mut Self::Connection,
-    ) -> WaitResult<'a> {
+    fn wait_for_stop_reason(target: &mut Self::Target, conn: &mut Self::Connection) -> WaitResult {
         Self::run_machine(target, conn)
     }
 

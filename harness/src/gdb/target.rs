@@ -17,14 +17,22 @@ use gdbstub::target::ext::breakpoints::{
 use gdbstub::target::ext::monitor_cmd::MonitorCmdOps;
 use gdbstub::target::{Target, TargetError, TargetResult};
 use gdbstub_arch::x86::reg::X86_64CoreRegs;
-use gdbstub_arch::x86::X86_64_SSE;
 use kvm_bindings::{kvm_fpu, kvm_regs, kvm_sregs};
 
+use super::arch::{LunaRegs, LunaX86_64};
+use super::GdbError;
 use crate::launch::exit_code_for;
 use crate::machine::debug::Owner;
 use crate::machine::{Machine, MachineError, StopCondition, StopReason};
+use crate::script::{Scenario, ScenarioOptions};
 use crate::vm::access;
 use crate::vm::regs::paging_regs;
+
+/// IA32_KERNEL_GS_BASE, the MSR behind gdb's `k_gs_base`.
+const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
+
+/// EINVAL: the error number of a register write KVM refused.
+const EINVAL: u8 = 22;
 
 /// EFAULT: the error number of a memory access to an unmapped address.
 const EFAULT: u8 = 14;
@@ -38,10 +46,11 @@ enum Resume {
     Step,
 }
 
-/// A machine as gdb sees it: one thread, x86-64 with SSE.
-pub struct GdbTarget<'a> {
-    /// The machine.
-    pub(super) machine: &'a mut Machine,
+/// A machine as gdb sees it: one thread, x86-64 with SSE and the system
+/// registers. The machine lives in a Lua session (for `monitor lua`).
+pub struct GdbTarget {
+    /// The Lua session that holds the machine.
+    pub(super) lua: Scenario,
     /// Map debug-exit values the way QEMU does (for the exit status gdb sees).
     qemu_exit_codes: bool,
     /// What the last resume request asked for.
@@ -54,17 +63,33 @@ pub struct GdbTarget<'a> {
     pub(super) snapshots: super::monitor::Snapshots,
 }
 
-impl<'a> GdbTarget<'a> {
-    /// A target over `machine`.
-    pub fn new(machine: &'a mut Machine, qemu_exit_codes: bool) -> Self {
-        GdbTarget {
-            machine,
+impl GdbTarget {
+    /// A target over `machine`, held by a fresh Lua session.
+    pub fn new(machine: Machine, qemu_exit_codes: bool) -> Result<Self, GdbError> {
+        let opts = ScenarioOptions {
+            seed: machine.config().seed,
+            ..ScenarioOptions::default()
+        };
+        let lua = Scenario::new(&opts).map_err(GdbError::Lua)?;
+        lua.set_machine(machine);
+        Ok(GdbTarget {
+            lua,
             qemu_exit_codes,
             resume: Resume::Continue,
             sw_breakpoints: Vec::new(),
             finished: None,
             snapshots: super::monitor::Snapshots::new(),
-        }
+        })
+    }
+
+    /// The machine (borrowed from the Lua session).
+    pub(super) fn machine(&self) -> Result<std::cell::RefMut<'_, Machine>, GdbError> {
+        self.lua.machine_mut().ok_or(GdbError::NoMachine)
+    }
+
+    /// Takes the machine back from the Lua session.
+    pub(super) fn into_machine(self) -> Option<Machine> {
+        self.lua.take_machine()
     }
 
     /// Runs the machine as the last resume request asked, until a stop or
@@ -72,7 +97,7 @@ impl<'a> GdbTarget<'a> {
     pub(super) fn run(
         &mut self,
         interrupt: Option<Arc<AtomicBool>>,
-    ) -> Result<StopReason, MachineError> {
+    ) -> Result<StopReason, GdbError> {
         if let Some(stop) = &self.finished {
             return Ok(stop.clone());
         }
@@ -81,7 +106,7 @@ impl<'a> GdbTarget<'a> {
             interrupt,
             ..StopCondition::default()
         };
-        self.machine.run(&cond)
+        Ok(self.machine()?.run(&cond)?)
     }
 
     /// The stop reason gdb gets for a machine stop; None for an interrupt
@@ -95,10 +120,8 @@ impl<'a> GdbTarget<'a> {
                 if self.sw_breakpoints.contains(addr) {
                     SingleThreadStopReason::SwBreak(())
                 } else if self
-                    .machine
-                    .debug_regs()
-                    .owners_at(*addr)
-                    .any(|o| o == Owner::Gdb)
+                    .machine()
+                    .is_ok_and(|m| m.debug_regs().owners_at(*addr).any(|o| o == Owner::Gdb))
                 {
                     SingleThreadStopReason::HwBreak(())
                 } else {
@@ -140,8 +163,8 @@ impl<'a> GdbTarget<'a> {
 }
 
 /// A machine error as a fatal target error (ends the gdb session).
-fn fatal(e: MachineError) -> TargetError<MachineError> {
-    TargetError::Fatal(e)
+fn fatal(e: impl Into<GdbError>) -> TargetError<GdbError> {
+    TargetError::Fatal(e.into())
 }
 
 /// The low 32 bits of `v` (gdb's registers are narrower than KVM's fields).
@@ -274,9 +297,29 @@ fn fpu_differs(a: &kvm_fpu, b: &kvm_fpu) -> bool {
         || a.mxcsr != b.mxcsr
 }
 
-impl Target for GdbTarget<'_> {
-    type Arch = X86_64_SSE;
-    type Error = MachineError;
+/// The system registers in gdb's order (see `arch::SYSTEM_REGS`).
+fn system_to_gdb(s: &kvm_sregs, k_gs_base: u64) -> [u64; 9] {
+    [
+        s.fs.base, s.gs.base, k_gs_base, s.cr0, s.cr2, s.cr3, s.cr4, s.cr8, s.efer,
+    ]
+}
+
+/// KVM's special registers with gdb's system registers (but `k_gs_base`).
+fn system_from_gdb(system: &[u64; 9], s: &mut kvm_sregs) {
+    let [fs_base, gs_base, _k_gs_base, cr0, cr2, cr3, cr4, cr8, efer] = *system;
+    s.fs.base = fs_base;
+    s.gs.base = gs_base;
+    s.cr0 = cr0;
+    s.cr2 = cr2;
+    s.cr3 = cr3;
+    s.cr4 = cr4;
+    s.cr8 = cr8;
+    s.efer = efer;
+}
+
+impl Target for GdbTarget {
+    type Arch = LunaX86_64;
+    type Error = GdbError;
 
     fn base_ops(&mut self) -> BaseOps<'_, Self::Arch, Self::Error> {
         BaseOps::SingleThread(self)
@@ -291,38 +334,52 @@ impl Target for GdbTarget<'_> {
     }
 }
 
-impl SingleThreadBase for GdbTarget<'_> {
-    fn read_registers(&mut self, regs: &mut X86_64CoreRegs) -> TargetResult<(), Self> {
-        let r = self.machine.regs().map_err(fatal)?;
-        let s = self.machine.sregs().map_err(fatal)?;
-        let f = self.machine.fpu().map_err(fatal)?;
-        to_gdb(regs, &r, &s, &f);
+impl SingleThreadBase for GdbTarget {
+    fn read_registers(&mut self, regs: &mut LunaRegs) -> TargetResult<(), Self> {
+        let m = self.machine().map_err(fatal)?;
+        let r = m.regs().map_err(fatal)?;
+        let s = m.sregs().map_err(fatal)?;
+        let f = m.fpu().map_err(fatal)?;
+        to_gdb(&mut regs.core, &r, &s, &f);
+        // Shown as 0 when KVM does not let the MSR be read.
+        let k_gs_base = m.rdmsr(MSR_KERNEL_GS_BASE).unwrap_or(0);
+        regs.system = system_to_gdb(&s, k_gs_base);
         Ok(())
     }
 
-    fn write_registers(&mut self, regs: &X86_64CoreRegs) -> TargetResult<(), Self> {
-        let old_r = self.machine.regs().map_err(fatal)?;
-        let new_r = gprs_from_gdb(regs, &old_r);
+    fn write_registers(&mut self, regs: &LunaRegs) -> TargetResult<(), Self> {
+        let mut m = self.machine().map_err(fatal)?;
+        let old_r = m.regs().map_err(fatal)?;
+        let new_r = gprs_from_gdb(&regs.core, &old_r);
         if new_r != old_r {
-            self.machine.set_regs(&new_r).map_err(fatal)?;
+            m.set_regs(&new_r).map_err(fatal)?;
         }
-        let old_s = self.machine.sregs().map_err(fatal)?;
-        let new_s = sregs_from_gdb(regs, &old_s);
+        let old_s = m.sregs().map_err(fatal)?;
+        let mut new_s = sregs_from_gdb(&regs.core, &old_s);
+        system_from_gdb(&regs.system, &mut new_s);
         if new_s != old_s {
-            self.machine.set_sregs(&new_s).map_err(fatal)?;
+            // KVM refuses inconsistent control registers: an error reply.
+            m.set_sregs(&new_s)
+                .map_err(|_| TargetError::Errno(EINVAL))?;
         }
-        let old_f = self.machine.fpu().map_err(fatal)?;
-        let new_f = fpu_from_gdb(regs, &old_f);
+        let k_gs_base = regs.system("k_gs_base").unwrap_or(0);
+        if m.rdmsr(MSR_KERNEL_GS_BASE).is_ok_and(|v| v != k_gs_base) {
+            m.wrmsr(MSR_KERNEL_GS_BASE, k_gs_base)
+                .map_err(|_| TargetError::Errno(EINVAL))?;
+        }
+        let old_f = m.fpu().map_err(fatal)?;
+        let new_f = fpu_from_gdb(&regs.core, &old_f);
         if fpu_differs(&new_f, &old_f) {
-            self.machine.set_fpu(&new_f).map_err(fatal)?;
+            m.set_fpu(&new_f).map_err(fatal)?;
         }
         Ok(())
     }
 
     fn read_addrs(&mut self, start_addr: u64, data: &mut [u8]) -> TargetResult<usize, Self> {
-        let sregs = self.machine.sregs().map_err(fatal)?;
+        let m = self.machine().map_err(fatal)?;
+        let sregs = m.sregs().map_err(fatal)?;
         let paging = paging_regs(&sregs);
-        let mem = self.machine.memory();
+        let mem = m.memory();
         if access::read_virt(mem, &paging, start_addr, data).is_ok() {
             return Ok(data.len());
         }
@@ -334,14 +391,10 @@ impl SingleThreadBase for GdbTarget<'_> {
     }
 
     fn write_addrs(&mut self, start_addr: u64, data: &[u8]) -> TargetResult<(), Self> {
-        let sregs = self.machine.sregs().map_err(fatal)?;
-        access::write_virt(
-            self.machine.memory(),
-            &paging_regs(&sregs),
-            start_addr,
-            data,
-        )
-        .map_err(|_| TargetError::Errno(EFAULT))
+        let m = self.machine().map_err(fatal)?;
+        let sregs = m.sregs().map_err(fatal)?;
+        access::write_virt(m.memory(), &paging_regs(&sregs), start_addr, data)
+            .map_err(|_| TargetError::Errno(EFAULT))
     }
 
     fn support_resume(&mut self) -> Option<SingleThreadResumeOps<'_, Self>> {
@@ -349,7 +402,7 @@ impl SingleThreadBase for GdbTarget<'_> {
     }
 }
 
-impl SingleThreadResume for GdbTarget<'_> {
+impl SingleThreadResume for GdbTarget {
     fn resume(&mut self, _signal: Option<Signal>) -> Result<(), Self::Error> {
         // Signals have no meaning for a guest kernel: they are dropped.
         self.resume = Resume::Continue;
@@ -361,17 +414,18 @@ impl SingleThreadResume for GdbTarget<'_> {
     }
 }
 
-impl SingleThreadSingleStep for GdbTarget<'_> {
+impl SingleThreadSingleStep for GdbTarget {
     fn step(&mut self, _signal: Option<Signal>) -> Result<(), Self::Error> {
         self.resume = Resume::Step;
         Ok(())
     }
 }
 
-impl GdbTarget<'_> {
+impl GdbTarget {
     /// Takes a debug register for a gdb breakpoint; false when all are taken.
     fn add_debug_breakpoint(&mut self, addr: u64) -> TargetResult<bool, Self> {
-        match self.machine.add_breakpoint(addr, Owner::Gdb) {
+        let mut m = self.machine().map_err(fatal)?;
+        match m.add_breakpoint(addr, Owner::Gdb) {
             Ok(_) => Ok(true),
             Err(MachineError::DebugRegs(_)) => Ok(false),
             Err(e) => Err(fatal(e)),
@@ -379,7 +433,7 @@ impl GdbTarget<'_> {
     }
 }
 
-impl Breakpoints for GdbTarget<'_> {
+impl Breakpoints for GdbTarget {
     fn support_sw_breakpoint(&mut self) -> Option<SwBreakpointOps<'_, Self>> {
         Some(self)
     }
@@ -392,7 +446,7 @@ impl Breakpoints for GdbTarget<'_> {
 /// Software breakpoints are debug registers too: writing `int3` into guest
 /// memory would change what the guest reads, and KVM's instruction emulator
 /// cannot run `int3` on every host.
-impl SwBreakpoint for GdbTarget<'_> {
+impl SwBreakpoint for GdbTarget {
     fn add_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
         let added = self.add_debug_breakpoint(addr)?;
         if added {
@@ -406,19 +460,21 @@ impl SwBreakpoint for GdbTarget<'_> {
             return Ok(false);
         };
         self.sw_breakpoints.swap_remove(i);
-        self.machine
+        self.machine()
+            .map_err(fatal)?
             .remove_breakpoint(addr, Owner::Gdb)
             .map_err(fatal)
     }
 }
 
-impl HwBreakpoint for GdbTarget<'_> {
+impl HwBreakpoint for GdbTarget {
     fn add_hw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
         self.add_debug_breakpoint(addr)
     }
 
     fn remove_hw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
-        self.machine
+        self.machine()
+            .map_err(fatal)?
             .remove_breakpoint(addr, Owner::Gdb)
             .map_err(fatal)
     }
