@@ -148,6 +148,7 @@ pub fn exit_code_for(stop: &StopReason, qemu_exit_codes: bool) -> u8 {
         | StopReason::Ucall { .. }
         | StopReason::Completed { .. }
         | StopReason::Breakpoint { .. }
+        | StopReason::Watch { .. }
         | StopReason::Stepped { .. }
         | StopReason::Interrupted
         | StopReason::SerialMatch { .. }

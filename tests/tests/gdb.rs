@@ -423,3 +423,59 @@ fn gdb_monitor_lua_runs_against_the_stopped_machine() {
     assert!(transcript.contains("exited normally"), "{context}");
     assert_eq!(code, Some(0), "{context}");
 }
+
+#[test]
+fn gdb_watchpoints_fire_on_guest_kernel_writes_and_reads() {
+    require_kvm();
+    let (_dir, elf_path) = temp_file("watch.elf", &guest_elf("watch"));
+    let port = free_port();
+    let server = start_server(&["--guest", "watch"], port);
+    let commands: Vec<String> = [
+        "set architecture i386:x86-64".to_string(),
+        format!("target remote 127.0.0.1:{port}"),
+        "hbreak guest_main".into(),
+        "continue".into(),
+        "monitor snapshot take start".into(),
+        "watch watched.counter".into(),
+        "continue".into(),
+        "continue".into(),
+        "p/x watched.counter".into(),
+        "delete 2".into(),
+        "rwatch watched.input".into(),
+        "continue".into(),
+        "delete 3".into(),
+        // Restoring rolls back the writes the watch completed.
+        "monitor snapshot restore start".into(),
+        "p/x watched.counter".into(),
+        "continue".into(),
+    ]
+    .into_iter()
+    .collect();
+    let transcript = run_gdb(&elf_path, &commands, |_| {});
+    let (code, stdout, stderr) = finish_server(server);
+    let context = format!("gdb:\n{transcript}\nlunavm stdout:\n{stdout}\nlunavm stderr:\n{stderr}");
+    eprintln!("{context}");
+    assert!(
+        transcript.contains("Hardware watchpoint 2: watched.counter"),
+        "{context}"
+    );
+    assert!(
+        transcript.contains("Old value = 0\nNew value = 17\n"),
+        "first write\n{context}"
+    );
+    assert!(
+        transcript.contains("Old value = 17\nNew value = 34\n"),
+        "second write\n{context}"
+    );
+    // gdb stopped right after the store in bump().
+    assert!(transcript.contains("bump (i="), "{context}");
+    assert!(transcript.contains("$1 = 0x22"), "{context}");
+    assert!(
+        transcript.contains("Hardware read watchpoint 3: watched.input\n\nValue = 5"),
+        "{context}"
+    );
+    assert!(transcript.contains("$2 = 0x0"), "restored\n{context}");
+    assert!(stdout.contains("watch: counter 0x33, sum 15"), "{context}");
+    assert!(transcript.contains("exited normally"), "{context}");
+    assert_eq!(code, Some(0), "{context}");
+}

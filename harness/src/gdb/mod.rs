@@ -128,10 +128,8 @@ fn serve_connection(target: &mut GdbTarget, stream: TcpStream) -> Result<Session
     let gdb = GdbStub::new(stream);
     let result = gdb.run_blocking::<EventLoop>(target);
     let finished = target.finished.take();
-    // gdb's breakpoints do not outlive its session.
-    target
-        .machine()?
-        .remove_breakpoints(crate::machine::debug::Owner::Gdb)?;
+    // gdb's breakpoints and watchpoints do not outlive its session.
+    target.clear_debug_state()?;
     match result {
         Ok(DisconnectReason::TargetExited(_) | DisconnectReason::TargetTerminated(_)) => {
             eprintln!("lunavm: gdb session ended with the guest");

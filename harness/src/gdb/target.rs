@@ -12,7 +12,8 @@ use gdbstub::target::ext::base::singlethread::{
 };
 use gdbstub::target::ext::base::BaseOps;
 use gdbstub::target::ext::breakpoints::{
-    Breakpoints, BreakpointsOps, HwBreakpoint, HwBreakpointOps, SwBreakpoint, SwBreakpointOps,
+    Breakpoints, BreakpointsOps, HwBreakpoint, HwBreakpointOps, HwWatchpoint, HwWatchpointOps,
+    SwBreakpoint, SwBreakpointOps, WatchKind,
 };
 use gdbstub::target::ext::monitor_cmd::MonitorCmdOps;
 use gdbstub::target::{Target, TargetError, TargetResult};
@@ -23,6 +24,7 @@ use super::arch::{LunaRegs, LunaX86_64};
 use super::GdbError;
 use crate::launch::exit_code_for;
 use crate::machine::debug::Owner;
+use crate::machine::watch::WatchKind as MachineWatchKind;
 use crate::machine::{Machine, MachineError, StopCondition, StopReason};
 use crate::script::{Scenario, ScenarioOptions};
 use crate::vm::access;
@@ -57,6 +59,8 @@ pub struct GdbTarget {
     resume: Resume,
     /// Addresses of gdb's software breakpoints (debug registers too).
     sw_breakpoints: Vec<u64>,
+    /// gdb's watchpoints: (address, length, kind, the machine's watch ids).
+    watchpoints: Vec<(u64, u64, WatchKind, Vec<u64>)>,
     /// The stop that ended the run while gdb was attached.
     pub(super) finished: Option<StopReason>,
     /// The session's named snapshots (`monitor snapshot ...`).
@@ -77,6 +81,7 @@ impl GdbTarget {
             qemu_exit_codes,
             resume: Resume::Continue,
             sw_breakpoints: Vec::new(),
+            watchpoints: Vec::new(),
             finished: None,
             snapshots: super::monitor::Snapshots::new(),
         })
@@ -85,6 +90,16 @@ impl GdbTarget {
     /// The machine (borrowed from the Lua session).
     pub(super) fn machine(&self) -> Result<std::cell::RefMut<'_, Machine>, GdbError> {
         self.lua.machine_mut().ok_or(GdbError::NoMachine)
+    }
+
+    /// Removes gdb's breakpoints and watchpoints from the machine.
+    pub(super) fn clear_debug_state(&mut self) -> Result<(), GdbError> {
+        self.sw_breakpoints.clear();
+        self.watchpoints.clear();
+        let mut m = self.machine()?;
+        m.remove_breakpoints(Owner::Gdb)?;
+        m.remove_watches(Owner::Gdb)?;
+        Ok(())
     }
 
     /// Takes the machine back from the Lua session.
@@ -116,6 +131,17 @@ impl GdbTarget {
         let reason = match &stop {
             StopReason::Interrupted => return None,
             StopReason::Stepped { .. } => SingleThreadStopReason::DoneStep,
+            StopReason::Watch { hit } => {
+                match self.watchpoints.iter().find(|w| w.3.contains(&hit.id)) {
+                    Some(&(addr, _, kind, _)) => SingleThreadStopReason::Watch {
+                        tid: (),
+                        kind,
+                        addr,
+                    },
+                    // Another front end's watch.
+                    None => SingleThreadStopReason::Signal(Signal::SIGTRAP),
+                }
+            }
             StopReason::Breakpoint { addr } => {
                 if self.sw_breakpoints.contains(addr) {
                     SingleThreadStopReason::SwBreak(())
@@ -440,6 +466,73 @@ impl Breakpoints for GdbTarget {
 
     fn support_hw_breakpoint(&mut self) -> Option<HwBreakpointOps<'_, Self>> {
         Some(self)
+    }
+
+    fn support_hw_watchpoint(&mut self) -> Option<HwWatchpointOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+/// Watchpoints are page watches (`machine::watch`): the debug registers'
+/// data breakpoints do not fire for guest kernel code on every host. The
+/// watched range is translated through the page tables when gdb sets it.
+impl HwWatchpoint for GdbTarget {
+    fn add_hw_watchpoint(
+        &mut self,
+        addr: u64,
+        len: u64,
+        kind: WatchKind,
+    ) -> TargetResult<bool, Self> {
+        let machine_kind = match kind {
+            WatchKind::Write => MachineWatchKind::Write,
+            WatchKind::Read => MachineWatchKind::Read,
+            WatchKind::ReadWrite => MachineWatchKind::Access,
+        };
+        let mut m = self.machine().map_err(fatal)?;
+        let sregs = m.sregs().map_err(fatal)?;
+        let Ok(n) = usize::try_from(len) else {
+            return Ok(false);
+        };
+        let Ok(ranges) = access::phys_ranges(m.memory(), &paging_regs(&sregs), addr, n) else {
+            // Unmapped: gdb reports that it cannot set the watchpoint.
+            return Ok(false);
+        };
+        let mut ids = Vec::new();
+        for (gpa, l) in ranges {
+            match m.add_watch(gpa, l, machine_kind, Owner::Gdb) {
+                Ok(id) => ids.push(id),
+                Err(_) => {
+                    for id in ids {
+                        m.remove_watch(id).map_err(fatal)?;
+                    }
+                    return Ok(false);
+                }
+            }
+        }
+        drop(m);
+        self.watchpoints.push((addr, len, kind, ids));
+        Ok(true)
+    }
+
+    fn remove_hw_watchpoint(
+        &mut self,
+        addr: u64,
+        len: u64,
+        kind: WatchKind,
+    ) -> TargetResult<bool, Self> {
+        let Some(i) = self
+            .watchpoints
+            .iter()
+            .position(|w| w.0 == addr && w.1 == len && w.2 == kind)
+        else {
+            return Ok(false);
+        };
+        let (_, _, _, ids) = self.watchpoints.swap_remove(i);
+        let mut m = self.machine().map_err(fatal)?;
+        for id in ids {
+            m.remove_watch(id).map_err(fatal)?;
+        }
+        Ok(true)
     }
 }
 

@@ -11,6 +11,7 @@ mod run;
 pub mod stats;
 pub mod stop;
 pub mod trace;
+pub mod watch;
 
 use std::sync::{Arc, Mutex};
 
@@ -151,6 +152,9 @@ pub enum MachineError {
     /// The debug registers are all taken.
     #[error(transparent)]
     DebugRegs(#[from] debug::DebugRegError),
+    /// A watch could not be set or removed.
+    #[error(transparent)]
+    Watch(#[from] watch::WatchError),
     /// KVM refused an interrupt.
     #[error("KVM refused to inject interrupt vector {0:#x}")]
     Inject(u8, #[source] std::io::Error),
@@ -180,6 +184,8 @@ pub struct Machine {
     pub(crate) kernel: Option<LoadedKernel>,
     pub(crate) intercepts: intercept::Intercepts,
     pub(crate) debug_regs: debug::DebugRegs,
+    /// Data watches on carved pages.
+    pub(crate) watches: watch::Watches,
     /// The last stop was a breakpoint: step over its instruction (with the
     /// breakpoints off) before running on.
     pub(crate) resume_over_breakpoint: bool,
@@ -273,6 +279,7 @@ impl Machine {
             kernel: None,
             intercepts: intercept::Intercepts::default(),
             debug_regs: debug::DebugRegs::default(),
+            watches: watch::Watches::default(),
             resume_over_breakpoint: false,
             step_over_armed: false,
             reg_cache: RegCache::default(),

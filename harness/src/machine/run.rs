@@ -40,6 +40,10 @@ enum Pending {
     Internal(u32),
     FailEntry(u64),
     Kicked,
+    /// A guest access to a watched page, completed (the harness's exit).
+    Watched {
+        write: bool,
+    },
     Unexpected(String),
 }
 
@@ -106,6 +110,14 @@ impl Machine {
         let now = self.clock.now_ns();
         if self.platform.next_deadline().is_some_and(|d| d <= now) {
             self.platform.sync(now);
+        }
+        // The single step that completes a watched access must run that
+        // instruction, not an interrupt handler.
+        if self.watches.pending.is_some() {
+            self.vcpus[self.current]
+                .get_kvm_run()
+                .request_interrupt_window = 0;
+            return Ok(());
         }
         let pending = self.platform.pending();
         let vcpu = &mut self.vcpus[self.current];
@@ -251,6 +263,26 @@ impl Machine {
                         Pending::None
                     }
                 }
+                Ok(VcpuExit::MmioRead(addr, data))
+                    if self.vm.slots.any_carved() && self.vm.slots.mode(addr).is_some() =>
+                {
+                    self.watches
+                        .complete_access(&self.vm.slots, &self.vm.mem, addr, data, false);
+                    Pending::Watched { write: false }
+                }
+                Ok(VcpuExit::MmioWrite(addr, data))
+                    if self.vm.slots.any_carved() && self.vm.slots.mode(addr).is_some() =>
+                {
+                    let (mut data, len) = copy8(data);
+                    self.watches.complete_access(
+                        &self.vm.slots,
+                        &self.vm.mem,
+                        addr,
+                        &mut data[..len],
+                        true,
+                    );
+                    Pending::Watched { write: true }
+                }
                 Ok(VcpuExit::MmioRead(addr, data)) => {
                     self.exits.mmio_read += 1;
                     self.clock.charge(Charge::Mmio);
@@ -317,14 +349,21 @@ impl Machine {
                     if let Pending::Debug { pc } = pending {
                         self.step_over_armed = false;
                         self.disarm_step_over()?;
+                        if let Some(stop) = self.take_watch_stop() {
+                            return Ok(stop);
+                        }
                         return Ok(StopReason::Stepped { rip: pc });
                     }
                     pending
                 } else {
                     self.step_over_armed = false;
                     self.disarm_step_over()?;
-                    // The step's own debug exit is ours: swallow it.
+                    // The step's own debug exit is ours: swallow it (it
+                    // completed a watched access when a hit is pending).
                     if debug {
+                        if let Some(stop) = self.take_watch_stop() {
+                            return Ok(stop);
+                        }
                         Pending::None
                     } else {
                         pending
@@ -338,8 +377,28 @@ impl Machine {
             if matches!(pending, Pending::Kicked) && cond.interrupted() {
                 return Ok(StopReason::Interrupted);
             }
+            let watched_write = matches!(pending, Pending::Watched { write: true });
             if let Some(stop) = self.finish_exit(pending, cond)? {
                 return Ok(stop);
+            }
+            if self.watches.pending.is_some() {
+                if watched_write {
+                    // KVM exits for an MMIO write once the instruction is
+                    // complete (RIP is past it): stop now.
+                    if self.step_over_armed {
+                        self.step_over_armed = false;
+                        self.disarm_step_over()?;
+                    }
+                    if let Some(stop) = self.take_watch_stop() {
+                        return Ok(stop);
+                    }
+                } else if !self.step_over_armed {
+                    // A read completes when the vCPU is entered again:
+                    // single-step so it does, then stop (above, at the
+                    // step's debug exit).
+                    self.arm_step_over()?;
+                    self.step_over_armed = true;
+                }
             }
             if cond.interrupted() {
                 return Ok(StopReason::Interrupted);
@@ -353,7 +412,7 @@ impl Machine {
         cond: &StopCondition,
     ) -> Result<Option<StopReason>, MachineError> {
         Ok(match pending {
-            Pending::None => None,
+            Pending::None | Pending::Watched { .. } => None,
             Pending::Kicked => self.kicked(),
             Pending::Write { port, data, len } => {
                 self.clock.charge(Charge::Pio);

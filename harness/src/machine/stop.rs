@@ -100,6 +100,11 @@ pub enum StopReason {
         /// The breakpoint's address.
         addr: u64,
     },
+    /// A guest access hit a watch; the accessing instruction has completed.
+    Watch {
+        /// The access and the watch it hit.
+        hit: super::watch::WatchHit,
+    },
     /// A single step (`StopCondition::single_step`) completed.
     Stepped {
         /// RIP after the step (linear: CS base added).
@@ -203,6 +208,14 @@ impl StopReason {
             StopReason::Ucall { call } => format!("intercepted ucall {}", call.cmd.name()),
             StopReason::Completed { entry } => format!("completed {}", entry.name()),
             StopReason::Breakpoint { addr } => format!("breakpoint at {addr:#x}"),
+            StopReason::Watch { hit } => format!(
+                "watch {} hit: {} of {} bytes at physical {:#x} (value {:#x})",
+                hit.id,
+                if hit.write { "write" } else { "read" },
+                hit.size,
+                hit.gpa,
+                hit.value
+            ),
             StopReason::Stepped { rip } => format!("single step to {rip:#x}"),
             StopReason::Interrupted => "interrupted".into(),
             StopReason::SerialMatch { text, .. } => format!("serial output matched {text:?}"),

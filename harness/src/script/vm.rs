@@ -236,6 +236,14 @@ pub fn event(lua: &Lua, st: &Shared, end: RunEnd) -> ApiResult<Table> {
             ev.set("addr", to_lua_int(*addr))?;
             "breakpoint"
         }
+        StopReason::Watch { hit } => {
+            ev.set("id", to_lua_int(hit.id))?;
+            ev.set("addr", to_lua_int(hit.gpa))?;
+            ev.set("size", hit.size)?;
+            ev.set("write", hit.write)?;
+            ev.set("value", to_lua_int(hit.value))?;
+            "watch"
+        }
         StopReason::SerialMatch { text, end } => {
             ev.set("match", text.clone())?;
             st.borrow_mut().serial_cursor = *end;

@@ -278,7 +278,7 @@ impl Machine {
     pub fn take_snapshot(&mut self) -> Result<Snapshot, crate::machine::MachineError> {
         self.vm
             .dirty
-            .collect(&self.vm.fd, &self.vm.mem)
+            .collect(&self.vm.fd, &self.vm.mem, self.vm.slots.pieces())
             .map_err(|e| boxed(e.into()))?;
         let state = self.machine_state()?;
         let mut memory = Vec::new();
@@ -327,7 +327,10 @@ impl Machine {
                 st.vcpus.len()
             )));
         }
-        let dirty = self.vm.dirty.collect(&self.vm.fd, &self.vm.mem)?;
+        let dirty = self
+            .vm
+            .dirty
+            .collect(&self.vm.fd, &self.vm.mem, self.vm.slots.pieces())?;
         let full = self.snapshot_base != Some(snap.id);
         let mut stats = RestoreStats { pages: 0, full };
         for ((region, copy), bits) in self.vm.mem.iter().zip(&snap.memory).zip(&dirty) {
