@@ -479,3 +479,85 @@ fn gdb_watchpoints_fire_on_guest_kernel_writes_and_reads() {
     assert!(transcript.contains("exited normally"), "{context}");
     assert_eq!(code, Some(0), "{context}");
 }
+
+/// The first byte of function `name` in the ELF file.
+fn first_code_byte(elf: &[u8], name: &str) -> u8 {
+    use object::{Object, ObjectSection};
+    let addr = symbol_address(elf, name);
+    let file = object::File::parse(elf).expect("guest ELF parses");
+    file.sections()
+        .find(|s| s.address() <= addr && addr < s.address() + s.size())
+        .and_then(|s| {
+            let offset = usize::try_from(addr - s.address()).ok()?;
+            s.data().ok()?.get(offset).copied()
+        })
+        .unwrap_or_else(|| panic!("no section holds {name}"))
+}
+
+#[test]
+fn gdb_software_breakpoints_stop_hide_and_step_over_their_int3() {
+    require_kvm();
+    let elf = guest_elf("watch");
+    let bump_addr = symbol_address(&elf, "bump");
+    let first = first_code_byte(&elf, "bump");
+    let (_dir, elf_path) = temp_file("watch.elf", &elf);
+    let port = free_port();
+    let server = start_server(&["--guest", "watch"], port);
+    let commands: Vec<String> = [
+        "set architecture i386:x86-64".to_string(),
+        format!("target remote 127.0.0.1:{port}"),
+        // Keep the int3 in memory while stopped, so reads must hide it.
+        "set breakpoint always-inserted on".into(),
+        "break bump".into(),
+        "continue".into(),
+        "p/x $pc".into(),
+        "x/1xb bump".into(),
+        "monitor snapshot take at_bump".into(),
+        "continue".into(),
+        "info breakpoints".into(),
+        "monitor snapshot restore at_bump".into(),
+        "maintenance flush register-cache".into(),
+        "p i".into(),
+        "delete".into(),
+        "x/1xb bump".into(),
+        "continue".into(),
+    ]
+    .into_iter()
+    .collect();
+    let transcript = run_gdb(&elf_path, &commands, |_| {});
+    let (code, stdout, stderr) = finish_server(server);
+    let context = format!("gdb:\n{transcript}\nlunavm stdout:\n{stdout}\nlunavm stderr:\n{stderr}");
+    eprintln!("{context}");
+    assert!(transcript.contains("Breakpoint 1 at "), "{context}");
+    assert!(
+        !transcript.contains("Hardware assisted breakpoint"),
+        "a software breakpoint\n{context}"
+    );
+    assert!(
+        transcript.contains("Breakpoint 1, bump (i=i@entry=1)"),
+        "{context}"
+    );
+    assert!(
+        transcript.contains("Breakpoint 1, bump (i=i@entry=2)"),
+        "{context}"
+    );
+    let bp_pc = transcript
+        .lines()
+        .find_map(|l| l.strip_prefix("$1 = 0x"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or_else(|| panic!("no pc\n{context}"));
+    // Stopped on the breakpoint (gdb puts it after the prologue, if any).
+    assert!(bp_pc >= bump_addr && bp_pc < bump_addr + 16, "{context}");
+    // The int3 is hidden from memory reads, inserted or not.
+    let shown = format!("<bump>:\t{first:#04x}");
+    assert_eq!(transcript.matches(&shown).count(), 2, "{shown}\n{context}");
+    assert!(
+        transcript.contains("breakpoint already hit 2 times"),
+        "{context}"
+    );
+    assert!(transcript.contains("$2 = 1"), "restored to i=1\n{context}");
+    // The guest ran its own code to the end: the int3s are gone.
+    assert!(stdout.contains("watch: counter 0x33, sum 15"), "{context}");
+    assert!(transcript.contains("exited normally"), "{context}");
+    assert_eq!(code, Some(0), "{context}");
+}

@@ -2,15 +2,21 @@
 //! connection with gdbstub's blocking event loop.
 //!
 //! What gdb gets:
-//! - registers: the general registers, RIP, EFLAGS, the segment selectors and
-//!   the x87/SSE state (`gdbstub_arch::x86::X86_64_SSE` has no FS/GS base
-//!   registers). Writes take effect; a segment-selector write changes only the
-//!   selector, not the cached base, limit or attributes.
+//! - registers: the general registers, RIP, EFLAGS, the segment selectors,
+//!   the x87/SSE state, `fs_base`, `gs_base`, `k_gs_base`, `cr0`, `cr2`,
+//!   `cr3`, `cr4`, `cr8` and `efer` (lunavm's own target description, see
+//!   [`arch`]). Writes take effect; a segment-selector write changes only the
+//!   selector, not the cached base, limit or attributes; a control-register
+//!   value KVM refuses gets an error reply.
 //! - memory by guest-virtual address through the vCPU's page tables; an
 //!   unmapped address gets an error reply.
-//! - continue, single step, Ctrl-C, and breakpoints. Both software (`Z0`) and
-//!   hardware (`Z1`) breakpoints are debug registers from the shared allocator
-//!   (at most four in all): no `int3` is ever written into guest memory.
+//! - continue, single step, Ctrl-C, and breakpoints: software breakpoints
+//!   (`Z0`, gdb's `break`) are `int3`s written into guest memory and hidden
+//!   from memory reads (`machine::swbp`); hardware breakpoints (`Z1`,
+//!   `hbreak`) are debug registers from the allocator shared with Lua (four).
+//! - watchpoints (`Z2`-`Z4`: `watch`, `rwatch`, `awatch`) are page watches
+//!   (`machine::watch`): they fire for guest kernel code too, where this
+//!   host's debug-register data breakpoints do not.
 //!
 //! - `monitor` commands (replies are text gdb prints; errors are text too and
 //!   never end the session):
@@ -21,6 +27,9 @@
 //!     FS/GS/kernel-GS base; `unreadable` when KVM refuses one), a line each.
 //!   - `monitor clock`: virtual time (ns and formatted), guest-caused exits
 //!     and the platform's next timer deadline.
+//!   - `monitor lua CODE`: runs CODE in a Lua state with the scenario API
+//!     bound to this machine (globals persist between commands); prints what
+//!     it printed and returned, or the error.
 //!   - `monitor snapshot take NAME`, `restore NAME`, `list`, `drop NAME`:
 //!     in-memory snapshots kept by this gdb session (gone when it ends).
 //!     `restore` replies with the pages copied; a snapshot taken at a

@@ -57,8 +57,6 @@ pub struct GdbTarget {
     qemu_exit_codes: bool,
     /// What the last resume request asked for.
     resume: Resume,
-    /// Addresses of gdb's software breakpoints (debug registers too).
-    sw_breakpoints: Vec<u64>,
     /// gdb's watchpoints: (address, length, kind, the machine's watch ids).
     watchpoints: Vec<(u64, u64, WatchKind, Vec<u64>)>,
     /// The stop that ended the run while gdb was attached.
@@ -80,7 +78,6 @@ impl GdbTarget {
             lua,
             qemu_exit_codes,
             resume: Resume::Continue,
-            sw_breakpoints: Vec::new(),
             watchpoints: Vec::new(),
             finished: None,
             snapshots: super::monitor::Snapshots::new(),
@@ -94,10 +91,10 @@ impl GdbTarget {
 
     /// Removes gdb's breakpoints and watchpoints from the machine.
     pub(super) fn clear_debug_state(&mut self) -> Result<(), GdbError> {
-        self.sw_breakpoints.clear();
         self.watchpoints.clear();
         let mut m = self.machine()?;
         m.remove_breakpoints(Owner::Gdb)?;
+        m.remove_sw_breakpoints(Owner::Gdb)?;
         m.remove_watches(Owner::Gdb)?;
         Ok(())
     }
@@ -143,7 +140,10 @@ impl GdbTarget {
                 }
             }
             StopReason::Breakpoint { addr } => {
-                if self.sw_breakpoints.contains(addr) {
+                if self
+                    .machine()
+                    .is_ok_and(|m| m.sw_breakpoints().held_by(*addr, Owner::Gdb))
+                {
                     SingleThreadStopReason::SwBreak(())
                 } else if self
                     .machine()
@@ -406,21 +406,28 @@ impl SingleThreadBase for GdbTarget {
         let sregs = m.sregs().map_err(fatal)?;
         let paging = paging_regs(&sregs);
         let mem = m.memory();
-        if access::read_virt(mem, &paging, start_addr, data).is_ok() {
-            return Ok(data.len());
-        }
-        // Part of the range is unmapped: return what is readable, or an error.
-        match access::read_virt_prefix(mem, &paging, start_addr, data) {
-            0 => Err(TargetError::Errno(EFAULT)),
-            n => Ok(n),
-        }
+        let n = if access::read_virt(mem, &paging, start_addr, data).is_ok() {
+            data.len()
+        } else {
+            // Part of the range is unmapped: return what is readable, or an
+            // error.
+            match access::read_virt_prefix(mem, &paging, start_addr, data) {
+                0 => return Err(TargetError::Errno(EFAULT)),
+                n => n,
+            }
+        };
+        m.hide_sw_breakpoints(start_addr, &mut data[..n]);
+        Ok(n)
     }
 
     fn write_addrs(&mut self, start_addr: u64, data: &[u8]) -> TargetResult<(), Self> {
-        let m = self.machine().map_err(fatal)?;
+        let mut m = self.machine().map_err(fatal)?;
         let sregs = m.sregs().map_err(fatal)?;
         access::write_virt(m.memory(), &paging_regs(&sregs), start_addr, data)
-            .map_err(|_| TargetError::Errno(EFAULT))
+            .map_err(|_| TargetError::Errno(EFAULT))?;
+        // Bytes written under a software breakpoint are what it hides now.
+        m.rewrite_sw_breakpoints(start_addr, data.len());
+        Ok(())
     }
 
     fn support_resume(&mut self) -> Option<SingleThreadResumeOps<'_, Self>> {
@@ -536,26 +543,23 @@ impl HwWatchpoint for GdbTarget {
     }
 }
 
-/// Software breakpoints are debug registers too: writing `int3` into guest
-/// memory would change what the guest reads, and KVM's instruction emulator
-/// cannot run `int3` on every host.
+/// Software breakpoints are `int3`s written into guest memory
+/// (`machine::swbp`), hidden from gdb's memory reads.
 impl SwBreakpoint for GdbTarget {
     fn add_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
-        let added = self.add_debug_breakpoint(addr)?;
-        if added {
-            self.sw_breakpoints.push(addr);
+        let mut m = self.machine().map_err(fatal)?;
+        match m.add_sw_breakpoint(addr, Owner::Gdb) {
+            Ok(()) => Ok(true),
+            // Unmapped: gdb reports that it cannot insert the breakpoint.
+            Err(MachineError::SwBreakpoint(_)) => Err(TargetError::Errno(EFAULT)),
+            Err(e) => Err(fatal(e)),
         }
-        Ok(added)
     }
 
     fn remove_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
-        let Some(i) = self.sw_breakpoints.iter().position(|a| *a == addr) else {
-            return Ok(false);
-        };
-        self.sw_breakpoints.swap_remove(i);
         self.machine()
             .map_err(fatal)?
-            .remove_breakpoint(addr, Owner::Gdb)
+            .remove_sw_breakpoint(addr, Owner::Gdb)
             .map_err(fatal)
     }
 }

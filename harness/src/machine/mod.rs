@@ -10,6 +10,7 @@ pub mod platform;
 mod run;
 pub mod stats;
 pub mod stop;
+pub mod swbp;
 pub mod trace;
 pub mod watch;
 
@@ -152,6 +153,9 @@ pub enum MachineError {
     /// The debug registers are all taken.
     #[error(transparent)]
     DebugRegs(#[from] debug::DebugRegError),
+    /// A software breakpoint could not be set.
+    #[error(transparent)]
+    SwBreakpoint(#[from] swbp::SwBreakpointError),
     /// A watch could not be set or removed.
     #[error(transparent)]
     Watch(#[from] watch::WatchError),
@@ -186,6 +190,8 @@ pub struct Machine {
     pub(crate) debug_regs: debug::DebugRegs,
     /// Data watches on carved pages.
     pub(crate) watches: watch::Watches,
+    /// `int3` breakpoints written into guest memory.
+    pub(crate) sw_breakpoints: swbp::SwBreakpoints,
     /// The last stop was a breakpoint: step over its instruction (with the
     /// breakpoints off) before running on.
     pub(crate) resume_over_breakpoint: bool,
@@ -280,6 +286,7 @@ impl Machine {
             intercepts: intercept::Intercepts::default(),
             debug_regs: debug::DebugRegs::default(),
             watches: watch::Watches::default(),
+            sw_breakpoints: swbp::SwBreakpoints::default(),
             resume_over_breakpoint: false,
             step_over_armed: false,
             reg_cache: RegCache::default(),

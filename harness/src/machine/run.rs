@@ -36,6 +36,7 @@ enum Pending {
     Emulation,
     Debug {
         pc: u64,
+        exception: u32,
     },
     Internal(u32),
     FailEntry(u64),
@@ -46,6 +47,11 @@ enum Pending {
     },
     Unexpected(String),
 }
+
+/// The #BP exception vector, as KVM reports it in a debug exit.
+const BP_VECTOR: u32 = 3;
+/// The #BP exception vector, for injection.
+const BP_VECTOR_U8: u8 = 3;
 
 /// The stop a device event causes.
 fn device_stop(event: DeviceEvent) -> StopReason {
@@ -318,7 +324,10 @@ impl Machine {
                 // Our own request: the guest can take the pending interrupt now.
                 Ok(VcpuExit::IrqWindowOpen) => Pending::None,
                 Ok(VcpuExit::Shutdown) => Pending::Shutdown,
-                Ok(VcpuExit::Debug(arch)) => Pending::Debug { pc: arch.pc },
+                Ok(VcpuExit::Debug(arch)) => Pending::Debug {
+                    pc: arch.pc,
+                    exception: arch.exception,
+                },
                 Ok(VcpuExit::InternalError) => {
                     let run = vcpu.get_kvm_run();
                     // SAFETY: KVM set exit_reason to KVM_EXIT_INTERNAL_ERROR, which
@@ -346,7 +355,7 @@ impl Machine {
                     // A requested step stays armed through the exits of its
                     // instruction (port and MMIO accesses) until its own
                     // debug exit. Harness-caused: no virtual time passes.
-                    if let Pending::Debug { pc } = pending {
+                    if let Pending::Debug { pc, .. } = pending {
                         self.step_over_armed = false;
                         self.disarm_step_over()?;
                         if let Some(stop) = self.take_watch_stop() {
@@ -472,15 +481,32 @@ impl Machine {
                 self.halted()?
             }
             Pending::Shutdown => Some(StopReason::Shutdown { regs: self.dump()? }),
-            Pending::Debug { pc } => {
+            Pending::Debug {
+                pc,
+                exception: BP_VECTOR,
+            } if !self.is_sw_breakpoint(pc) => {
+                // The guest's own int3 (KVM reports every #BP while software
+                // breakpoints are set): deliver it as KVM would have.
+                self.inject_exception(BP_VECTOR_U8, None)?;
+                None
+            }
+            Pending::Debug { pc, .. } => {
                 // A harness-caused exit: no virtual time passes.
                 self.resume_over_breakpoint = true;
                 Some(StopReason::Breakpoint { addr: pc })
             }
-            Pending::Emulation => {
-                self.exits.emulation_failure += 1;
-                self.handle_emulation_failure()?
-            }
+            Pending::Emulation => match self.emulated_sw_breakpoint()? {
+                // Our int3, which KVM's emulator cannot run: a breakpoint
+                // (harness-caused, no virtual time passes).
+                Some(addr) => {
+                    self.resume_over_breakpoint = true;
+                    Some(StopReason::Breakpoint { addr })
+                }
+                None => {
+                    self.exits.emulation_failure += 1;
+                    self.handle_emulation_failure()?
+                }
+            },
             Pending::Internal(suberror) => Some(StopReason::InternalError {
                 suberror,
                 regs: self.dump()?,
@@ -569,6 +595,16 @@ impl Machine {
             None if self.intercepts.ucalls => Some(StopReason::Ucall { call }),
             None => None,
         })
+    }
+
+    /// The address of our software breakpoint when the instruction KVM
+    /// failed to emulate is one.
+    fn emulated_sw_breakpoint(&self) -> Result<Option<u64>, MachineError> {
+        if self.sw_breakpoints.list().is_empty() {
+            return Ok(None);
+        }
+        let lrip = linear_rip(&self.regs()?, &self.sregs()?);
+        Ok(self.is_sw_breakpoint(lrip).then_some(lrip))
     }
 
     fn handle_emulation_failure(&mut self) -> Result<Option<StopReason>, MachineError> {
