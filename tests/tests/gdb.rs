@@ -24,6 +24,23 @@ fn free_port() -> u16 {
 struct Server {
     child: Child,
     stderr: mpsc::Receiver<String>,
+    /// Each stderr line as it comes.
+    lines: mpsc::Receiver<String>,
+}
+
+impl Server {
+    /// Waits (up to LIMIT) for a stderr line containing `text`.
+    fn wait_for_line(&self, text: &str) {
+        let start = Instant::now();
+        while let Some(left) = LIMIT.checked_sub(start.elapsed()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(text) => return,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        panic!("lunavm never printed {text:?}");
+    }
 }
 
 /// Starts `lunavm run ARGS --gdb 127.0.0.1:PORT` and waits until it listens.
@@ -40,6 +57,7 @@ fn start_server(args: &[&str], port: u16) -> Server {
         .expect("lunavm starts");
     let (tx, rx) = mpsc::channel();
     let (ready_tx, ready_rx) = mpsc::channel();
+    let (lines_tx, lines) = mpsc::channel();
     let stderr = child.stderr.take().expect("stderr");
     std::thread::spawn(move || {
         let mut all = String::new();
@@ -48,6 +66,7 @@ fn start_server(args: &[&str], port: u16) -> Server {
             if line.contains("waiting for gdb on") {
                 let _ = ready_tx.send(());
             }
+            let _ = lines_tx.send(line.clone());
             all.push_str(&line);
             all.push('\n');
         }
@@ -58,7 +77,11 @@ fn start_server(args: &[&str], port: u16) -> Server {
         let err = rx.recv_timeout(LIMIT).unwrap_or_default();
         panic!("lunavm never listened for gdb; stderr:\n{err}");
     }
-    Server { child, stderr: rx }
+    Server {
+        child,
+        stderr: rx,
+        lines,
+    }
 }
 
 /// Waits for `child` up to LIMIT (killing it after), returning its exit code.
@@ -560,4 +583,92 @@ fn gdb_software_breakpoints_stop_hide_and_step_over_their_int3() {
     assert!(stdout.contains("watch: counter 0x33, sum 15"), "{context}");
     assert!(transcript.contains("exited normally"), "{context}");
     assert_eq!(code, Some(0), "{context}");
+}
+
+#[test]
+fn gdb_killed_or_sending_garbage_leaves_lunavm_waiting_for_the_next_gdb() {
+    require_kvm();
+    let (_dir, elf_path) = temp_file("spin.elf", &guest_elf("spin"));
+    let port = free_port();
+    let mut server = start_server(
+        &["--guest", "spin", "--cmdline", "ticks=1000000 hz=20"],
+        port,
+    );
+    // 1. A gdb that dies (SIGKILL) while the guest runs under `continue`.
+    let first = vec![
+        "set architecture i386:x86-64".to_string(),
+        format!("target remote 127.0.0.1:{port}"),
+        "continue".into(),
+    ];
+    let _ = run_gdb(&elf_path, &first, |pid| {
+        server.wait_for_line("gdb connected");
+        // Most likely running by now (if not, it dies stopped: as good).
+        std::thread::sleep(Duration::from_secs(2));
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    });
+    server.wait_for_line("waiting for gdb again");
+
+    // 2. A client that sends malformed packets, then hangs up.
+    {
+        use std::io::Write;
+        let mut raw = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        server.wait_for_line("gdb connected");
+        // Well-formed packets (right checksums) with malformed contents,
+        // then bytes that are no packet at all.
+        let bodies: &[&str] = &[
+            "qSupported:multiprocess+;swbreak+",
+            "m",
+            "mzz,yy",
+            "Z0,zz",
+            "Z2,0,ffffffffffffffffffff,1",
+            "p99999999999999999999999",
+            "M0,ffffffffffffffff:00",
+            "G00",
+            "vCont;z",
+            "qXfer:features:read:target.xml:zz,1",
+            "qRcmd,zz",
+        ];
+        for body in bodies {
+            let sum = body.bytes().fold(0u8, |a, b| a.wrapping_add(b));
+            let _ = raw.write_all(format!("${body}#{sum:02x}").as_bytes());
+        }
+        let _ = raw.write_all(b"\xff\xfe$$$###\x00}}}$zz#00");
+        let _ = raw.flush();
+        let mut sink = [0u8; 4096];
+        let _ = raw.set_read_timeout(Some(Duration::from_millis(500)));
+        let _ = raw.read(&mut sink);
+    }
+
+    // 3. A working gdb after both.
+    let last = vec![
+        "set architecture i386:x86-64".to_string(),
+        format!("target remote 127.0.0.1:{port}"),
+        "p/x $cr0".into(),
+        "stepi".into(),
+        "p 1 + 1".into(),
+        "detach".into(),
+    ];
+    let transcript = run_gdb(&elf_path, &last, |_| {});
+    // After the detach the guest spins on for a long time: end it.
+    server.wait_for_line("gdb detached; running on");
+    let _ = server.child.kill();
+    let (_code, _stdout, stderr) = finish_server(server);
+    let context = format!("gdb:\n{transcript}\nlunavm stderr:\n{stderr}");
+    eprintln!("{context}");
+    // Both the killed gdb and the garbage ended only their connection.
+    assert_eq!(
+        stderr.matches("gdb connection lost").count(),
+        2,
+        "{context}"
+    );
+    assert_eq!(
+        stderr.matches("waiting for gdb again").count(),
+        2,
+        "{context}"
+    );
+    assert!(transcript.contains("$1 = 0x"), "cr0 read\n{context}");
+    assert!(transcript.contains("$2 = 2"), "{context}");
+    assert!(!stderr.contains("panicked"), "{context}");
 }

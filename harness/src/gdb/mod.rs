@@ -90,15 +90,25 @@ pub enum GdbError {
 pub enum SessionEnd {
     /// The guest ended the run (or failed) while gdb drove it; gdb was told.
     Finished(StopReason),
-    /// gdb detached, killed the session, or the connection broke: the run
-    /// goes on without gdb.
+    /// gdb detached or killed the session: the run goes on without gdb.
     Detached,
 }
 
-/// Listens on `addr`, waits for one gdb connection and serves it until gdb
-/// detaches or the guest ends the run. The guest does not run before gdb
-/// connects (it is at its first instruction). Returns the machine (a
-/// `monitor lua` chunk may have replaced it) and how the session ended.
+/// How one gdb connection ended.
+enum ConnectionEnd {
+    /// As the session does.
+    Session(SessionEnd),
+    /// The connection broke (gdb died, or sent what the stub cannot parse):
+    /// the guest stays stopped and the next gdb may connect.
+    Lost,
+}
+
+/// Listens on `addr`, waits for a gdb connection and serves it until gdb
+/// detaches or the guest ends the run; when a connection breaks instead
+/// (gdb killed, malformed packets), waits for the next one with the guest
+/// stopped. The guest does not run before gdb connects (it is at its first
+/// instruction). Returns the machine (a `monitor lua` chunk may have
+/// replaced it) and how the session ended.
 pub fn serve(
     machine: Machine,
     addr: &str,
@@ -124,41 +134,57 @@ fn serve_target(target: &mut GdbTarget, addr: &str) -> Result<SessionEnd, GdbErr
         .local_addr()
         .map_or_else(|_| addr.to_string(), |a| a.to_string());
     eprintln!("lunavm: waiting for gdb on {shown}");
-    let (stream, peer) = listener.accept().map_err(listen_err)?;
-    drop(listener);
-    eprintln!("lunavm: gdb connected from {peer}");
-    // gdb's packets are small and interactive.
-    let _ = stream.set_nodelay(true);
-    serve_connection(target, stream)
+    loop {
+        let (stream, peer) = listener.accept().map_err(listen_err)?;
+        eprintln!("lunavm: gdb connected from {peer}");
+        // gdb's packets are small and interactive.
+        let _ = stream.set_nodelay(true);
+        match serve_connection(target, stream)? {
+            ConnectionEnd::Session(end) => return Ok(end),
+            ConnectionEnd::Lost => {
+                eprintln!("lunavm: waiting for gdb again on {shown} (the guest stays stopped)");
+            }
+        }
+    }
 }
 
 /// Serves one gdb connection.
-fn serve_connection(target: &mut GdbTarget, stream: TcpStream) -> Result<SessionEnd, GdbError> {
+fn serve_connection(target: &mut GdbTarget, stream: TcpStream) -> Result<ConnectionEnd, GdbError> {
     let gdb = GdbStub::new(stream);
     let result = gdb.run_blocking::<EventLoop>(target);
-    let finished = target.finished.take();
     // gdb's breakpoints and watchpoints do not outlive its session.
     target.clear_debug_state()?;
-    match result {
+    let end = match result {
         Ok(DisconnectReason::TargetExited(_) | DisconnectReason::TargetTerminated(_)) => {
             eprintln!("lunavm: gdb session ended with the guest");
+            SessionEnd::Detached
         }
-        Ok(DisconnectReason::Disconnect) => eprintln!("lunavm: gdb detached; running on"),
-        Ok(DisconnectReason::Kill) => eprintln!("lunavm: gdb sent kill; running on without it"),
+        Ok(DisconnectReason::Disconnect) => {
+            eprintln!("lunavm: gdb detached; running on");
+            SessionEnd::Detached
+        }
+        Ok(DisconnectReason::Kill) => {
+            eprintln!("lunavm: gdb sent kill; running on without it");
+            SessionEnd::Detached
+        }
         Err(e) => {
             if e.is_target_error() {
                 if let Some(err) = e.into_target_error() {
                     return Err(err);
                 }
-            } else {
-                eprintln!("lunavm: gdb connection ended: {e}; running on");
+                return Ok(ConnectionEnd::Lost);
             }
+            eprintln!("lunavm: gdb connection lost: {e}");
+            if target.finished.is_none() {
+                return Ok(ConnectionEnd::Lost);
+            }
+            SessionEnd::Detached
         }
-    }
-    Ok(match finished {
+    };
+    Ok(ConnectionEnd::Session(match target.finished.take() {
         Some(stop) => SessionEnd::Finished(stop),
-        None => SessionEnd::Detached,
-    })
+        None => end,
+    }))
 }
 
 /// Raises `flag` when `stream` has data to read (or fails), without reading
