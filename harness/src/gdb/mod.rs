@@ -39,12 +39,14 @@
 //!     `maintenance flush register-cache` (alias `flushregs`) so gdb reads
 //!     the restored state.
 //!
-//! While the guest runs, a helper thread watches the socket (without reading
+//! While the guest runs on a continue (a single step needs none), a helper
+//! thread watches the socket (without reading
 //! it) and raises the run's interrupt flag when gdb sends anything (Ctrl-C);
 //! the machine then stops with [`StopReason::Interrupted`] and the byte is
 //! read by the event loop on this thread.
 
 pub mod arch;
+mod conn;
 mod monitor;
 mod target;
 
@@ -55,6 +57,8 @@ use std::time::Duration;
 
 use gdbstub::common::Signal;
 use gdbstub::conn::{Connection, ConnectionExt};
+
+use conn::GdbConn;
 use gdbstub::stub::{run_blocking, DisconnectReason, GdbStub, SingleThreadStopReason};
 use gdbstub::target::Target;
 
@@ -150,7 +154,7 @@ fn serve_target(target: &mut GdbTarget, addr: &str) -> Result<SessionEnd, GdbErr
 
 /// Serves one gdb connection.
 fn serve_connection(target: &mut GdbTarget, stream: TcpStream) -> Result<ConnectionEnd, GdbError> {
-    let gdb = GdbStub::new(stream);
+    let gdb = GdbStub::new(GdbConn::new(stream));
     let result = gdb.run_blocking::<EventLoop>(target);
     // gdb's breakpoints and watchpoints do not outlive its session.
     target.clear_debug_state()?;
@@ -221,30 +225,49 @@ type WaitResult = Result<
     run_blocking::Event<SingleThreadStopReason<u64>>,
     run_blocking::WaitForStopReasonError<
         <GdbTarget as Target>::Error,
-        <TcpStream as Connection>::Error,
+        <GdbConn as Connection>::Error,
     >,
 >;
 
 impl EventLoop {
     /// Runs the machine as the last resume asked, stopping when gdb sends a
     /// byte.
-    fn run_machine(target: &mut GdbTarget, conn: &mut TcpStream) -> WaitResult {
+    fn run_machine(target: &mut GdbTarget, conn: &mut GdbConn) -> WaitResult {
         use run_blocking::{Event, WaitForStopReasonError as E};
+        if target.stepping() {
+            // One instruction: it ends without gdb's help.
+            let stop = target.run(None).map_err(E::Target)?;
+            return match target.stop_reason(stop) {
+                Some(reason) => Ok(Event::TargetStopped(reason)),
+                None => Ok(Event::TargetStopped(SingleThreadStopReason::Signal(
+                    Signal::SIGINT,
+                ))),
+            };
+        }
+        if conn.has_buffered_input() {
+            // gdb already sent more (a Ctrl-C right after the continue).
+            let byte = conn.read().map_err(E::Connection)?;
+            return Ok(Event::IncomingData(byte));
+        }
         let flag = Arc::new(AtomicBool::new(false));
-        let done = AtomicBool::new(false);
-        let watcher = conn.try_clone().map_err(E::Connection)?;
+        let done = Arc::new(AtomicBool::new(false));
+        let watcher = conn.stream().try_clone().map_err(E::Connection)?;
         // The watcher peeks with a timeout (a socket option shared with
         // `conn`, which nobody reads while the guest runs); reset below.
         watcher
             .set_read_timeout(Some(WATCH_TICK))
             .map_err(E::Connection)?;
-        let stop = std::thread::scope(|s| {
-            s.spawn(|| watch_socket(&watcher, &flag, &done));
-            let stop = target.run(Some(flag.clone()));
-            done.store(true, Ordering::Release);
-            stop
-        });
-        conn.set_read_timeout(None).map_err(E::Connection)?;
+        // Not joined: it notices `done` within a tick, and the stop must not
+        // wait for that.
+        {
+            let (flag, done) = (flag.clone(), done.clone());
+            std::thread::spawn(move || watch_socket(&watcher, &flag, &done));
+        }
+        let stop = target.run(Some(flag));
+        done.store(true, Ordering::Release);
+        conn.stream()
+            .set_read_timeout(None)
+            .map_err(E::Connection)?;
         let stop = stop.map_err(E::Target)?;
         match target.stop_reason(stop) {
             Some(reason) => Ok(Event::TargetStopped(reason)),
@@ -259,7 +282,7 @@ impl EventLoop {
 
 impl run_blocking::BlockingEventLoop for EventLoop {
     type Target = GdbTarget;
-    type Connection = TcpStream;
+    type Connection = GdbConn;
     type StopReason = SingleThreadStopReason<u64>;
 
     fn wait_for_stop_reason(target: &mut Self::Target, conn: &mut Self::Connection) -> WaitResult {

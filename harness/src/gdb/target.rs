@@ -104,6 +104,11 @@ impl GdbTarget {
         self.lua.take_machine()
     }
 
+    /// Whether the last resume request was a single step.
+    pub(super) fn stepping(&self) -> bool {
+        self.resume == Resume::Step
+    }
+
     /// Runs the machine as the last resume request asked, until a stop or
     /// `interrupt` is raised. After the run has ended, returns its end again.
     pub(super) fn run(
