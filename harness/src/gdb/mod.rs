@@ -48,6 +48,7 @@
 pub mod arch;
 mod conn;
 mod monitor;
+mod reverse;
 mod target;
 
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
@@ -84,6 +85,9 @@ pub enum GdbError {
     /// The Lua session behind `monitor lua` could not be set up.
     #[error("Cannot set up the Lua session for gdb: {0}")]
     Lua(crate::script::ScriptError),
+    /// Reverse execution failed (a replay diverged).
+    #[error(transparent)]
+    Reverse(#[from] reverse::ReverseError),
     /// A `monitor lua` chunk left the session without a machine.
     #[error("The Lua session has no machine any more")]
     NoMachine,
@@ -234,6 +238,11 @@ impl EventLoop {
     /// byte.
     fn run_machine(target: &mut GdbTarget, conn: &mut GdbConn) -> WaitResult {
         use run_blocking::{Event, WaitForStopReasonError as E};
+        if target.reversing() {
+            return Ok(Event::TargetStopped(
+                target.run_reverse().map_err(E::Target)?,
+            ));
+        }
         if target.stepping() {
             // One instruction: it ends without gdb's help.
             let stop = target.run(None).map_err(E::Target)?;

@@ -24,6 +24,8 @@ lunavm monitor commands:
   monitor snapshot restore NAME    restore snapshot NAME
   monitor snapshot list            list the snapshots of this gdb session
   monitor snapshot drop NAME       forget snapshot NAME
+  monitor record on|off            keep checkpoints for reverse-stepi and reverse-continue (off by default)
+  monitor record                   whether recording is on, and the checkpoints kept
   monitor lua CODE                 run Lua against the stopped machine (the scenario API:
                                    cpu, mem, vm, ...); prints what it printed and returned
 ";
@@ -85,6 +87,21 @@ impl GdbTarget {
                 .map(|m| clock_text(&m))
                 .map_err(|e| e.to_string()),
             ["snapshot", rest @ ..] => Ok(self.snapshot_cmd(rest)),
+            ["record"] => Ok(format!(
+                "recording {}; {} checkpoints kept ({} dropped for space)\n",
+                if self.recording { "on" } else { "off" },
+                self.history.len(),
+                self.history.dropped
+            )),
+            ["record", "on"] => {
+                self.recording = true;
+                Ok("recording on: checkpoints from the next resume on, for reverse-stepi and reverse-continue\n".into())
+            }
+            ["record", "off"] => {
+                self.recording = false;
+                self.forget_history();
+                Ok("recording off; history dropped\n".into())
+            }
             _ => Ok(format!(
                 "error: unknown monitor command `{}`; try `monitor help`\n",
                 cmd.trim()
@@ -101,6 +118,8 @@ impl GdbTarget {
             return "error: usage: monitor lua CODE (e.g. monitor lua cpu.get(\"rip\"))\n".into();
         }
         let text = self.lua.console("monitor lua", code);
+        // The chunk may have changed the machine behind the history.
+        self.forget_history();
         // The chunk may have run or restored the machine: a stop reached
         // earlier is no longer where the machine is.
         self.finished = None;
@@ -140,6 +159,7 @@ impl GdbTarget {
                         machine.resume_over_breakpoint = entry.at_breakpoint;
                         // The restored machine has not ended its run.
                         self.finished = None;
+                        self.history.reset();
                         let kind = if stats.full { "full" } else { "dirty pages" };
                         format!(
                             "snapshot `{name}` restored: {} pages copied ({kind})\n",

@@ -6,6 +6,9 @@ use std::sync::Arc;
 
 use gdbstub::common::Signal;
 use gdbstub::stub::SingleThreadStopReason;
+use gdbstub::target::ext::base::reverse_exec::{
+    ReplayLogPosition, ReverseCont, ReverseContOps, ReverseStep, ReverseStepOps,
+};
 use gdbstub::target::ext::base::singlethread::{
     SingleThreadBase, SingleThreadResume, SingleThreadResumeOps, SingleThreadSingleStep,
     SingleThreadSingleStepOps,
@@ -21,6 +24,7 @@ use gdbstub_arch::x86::reg::X86_64CoreRegs;
 use kvm_bindings::{kvm_fpu, kvm_regs, kvm_sregs};
 
 use super::arch::{LunaRegs, LunaX86_64};
+use super::reverse::Landing;
 use super::GdbError;
 use crate::launch::exit_code_for;
 use crate::machine::debug::Owner;
@@ -46,6 +50,10 @@ enum Resume {
     Continue,
     /// Run one instruction.
     Step,
+    /// Go back one instruction.
+    ReverseStep,
+    /// Go back to the last breakpoint.
+    ReverseContinue,
 }
 
 /// A machine as gdb sees it: one thread, x86-64 with SSE and the system
@@ -59,6 +67,10 @@ pub struct GdbTarget {
     resume: Resume,
     /// gdb's watchpoints: (address, length, kind, the machine's watch ids).
     watchpoints: Vec<(u64, u64, WatchKind, Vec<u64>)>,
+    /// Checkpoints for reverse execution (`monitor record on`).
+    pub(super) history: super::reverse::History,
+    /// Whether checkpoints are taken.
+    pub(super) recording: bool,
     /// The stop that ended the run while gdb was attached.
     pub(super) finished: Option<StopReason>,
     /// The session's named snapshots (`monitor snapshot ...`).
@@ -79,6 +91,8 @@ impl GdbTarget {
             qemu_exit_codes,
             resume: Resume::Continue,
             watchpoints: Vec::new(),
+            history: super::reverse::History::default(),
+            recording: false,
             finished: None,
             snapshots: super::monitor::Snapshots::new(),
         })
@@ -118,12 +132,61 @@ impl GdbTarget {
         if let Some(stop) = &self.finished {
             return Ok(stop.clone());
         }
+        let stepping = self.resume == Resume::Step;
         let cond = StopCondition {
-            single_step: self.resume == Resume::Step,
+            single_step: stepping,
             interrupt,
             ..StopCondition::default()
         };
-        Ok(self.machine()?.run(&cond)?)
+        let mut m = self.lua.machine_mut().ok_or(GdbError::NoMachine)?;
+        if self.recording {
+            self.history.before_forward(&mut m, stepping)?;
+        }
+        let stop = m.run(&cond)?;
+        if self.recording {
+            self.history.after_forward(stepping);
+        }
+        Ok(stop)
+    }
+
+    /// Whether the last resume request was a reverse one.
+    pub(super) fn reversing(&self) -> bool {
+        matches!(self.resume, Resume::ReverseStep | Resume::ReverseContinue)
+    }
+
+    /// Carries out a reverse resume request; the stop gdb gets.
+    pub(super) fn run_reverse(&mut self) -> Result<SingleThreadStopReason<u64>, GdbError> {
+        let begin = SingleThreadStopReason::ReplayLog {
+            tid: None,
+            pos: ReplayLogPosition::Begin,
+        };
+        if self.finished.is_some() || self.history.is_empty() {
+            // No history (recording off, or nothing run yet).
+            return Ok(begin);
+        }
+        let step = self.resume == Resume::ReverseStep;
+        let mut m = self.lua.machine_mut().ok_or(GdbError::NoMachine)?;
+        let landing = if step {
+            self.history.reverse_step(&mut m)?
+        } else {
+            self.history.reverse_continue(&mut m)?
+        };
+        Ok(match landing {
+            Landing::Stepped => SingleThreadStopReason::DoneStep,
+            Landing::Begin => begin,
+            Landing::Breakpoint(addr) => {
+                if m.sw_breakpoints().held_by(addr, Owner::Gdb) {
+                    SingleThreadStopReason::SwBreak(())
+                } else {
+                    SingleThreadStopReason::HwBreak(())
+                }
+            }
+        })
+    }
+
+    /// The machine changed behind the history (gdb or Lua wrote to it).
+    pub(super) fn forget_history(&mut self) {
+        self.history.reset();
     }
 
     /// The stop reason gdb gets for a machine stop; None for an interrupt
@@ -379,6 +442,11 @@ impl SingleThreadBase for GdbTarget {
     }
 
     fn write_registers(&mut self, regs: &LunaRegs) -> TargetResult<(), Self> {
+        let mut current = LunaRegs::default();
+        self.read_registers(&mut current)?;
+        if current != *regs {
+            self.forget_history();
+        }
         let mut m = self.machine().map_err(fatal)?;
         let old_r = m.regs().map_err(fatal)?;
         let new_r = gprs_from_gdb(&regs.core, &old_r);
@@ -426,6 +494,7 @@ impl SingleThreadBase for GdbTarget {
     }
 
     fn write_addrs(&mut self, start_addr: u64, data: &[u8]) -> TargetResult<(), Self> {
+        self.forget_history();
         let mut m = self.machine().map_err(fatal)?;
         let sregs = m.sregs().map_err(fatal)?;
         access::write_virt(m.memory(), &paging_regs(&sregs), start_addr, data)
@@ -449,6 +518,28 @@ impl SingleThreadResume for GdbTarget {
 
     fn support_single_step(&mut self) -> Option<SingleThreadSingleStepOps<'_, Self>> {
         Some(self)
+    }
+
+    fn support_reverse_step(&mut self) -> Option<ReverseStepOps<'_, (), Self>> {
+        Some(self)
+    }
+
+    fn support_reverse_cont(&mut self) -> Option<ReverseContOps<'_, (), Self>> {
+        Some(self)
+    }
+}
+
+impl ReverseStep<()> for GdbTarget {
+    fn reverse_step(&mut self, _tid: ()) -> Result<(), Self::Error> {
+        self.resume = Resume::ReverseStep;
+        Ok(())
+    }
+}
+
+impl ReverseCont<()> for GdbTarget {
+    fn reverse_cont(&mut self) -> Result<(), Self::Error> {
+        self.resume = Resume::ReverseContinue;
+        Ok(())
     }
 }
 

@@ -84,6 +84,15 @@ impl DebugRegs {
             .map(|(_, o)| *o)
     }
 
+    /// The addresses `owner` holds breakpoints at.
+    pub fn addresses(&self, owner: Owner) -> impl Iterator<Item = u64> + '_ {
+        self.slots
+            .iter()
+            .flatten()
+            .filter(move |(_, o)| *o == owner)
+            .map(|(a, _)| *a)
+    }
+
     /// The KVM_SET_GUEST_DEBUG argument for the current slots.
     fn guest_debug(&self) -> kvm_guest_debug {
         let mut dbg = kvm_guest_debug::default();
