@@ -10,7 +10,12 @@
 //!     hardware breakpoint (`Z1`, a debug register) and as a software one
 //!     (`Z0`, an `int3` lunavm must step over on every continue);
 //! (c) single steps per second as the real gdb sees them: `stepi N` in
-//!     `gdb -batch`, timed inside gdb (with its Python).
+//!     `gdb -batch`, timed inside gdb (with its Python);
+//! (d) the cost of `reverse-continue` against its distance: with recording
+//!     on, stop at the first `bump`, continue to the final `printf` (R rounds
+//!     later), then reverse-continue to the last `bump`; lunavm replays the
+//!     segment from its checkpoint and back (`monitor record` tells how many
+//!     single steps), for several R.
 //!
 //! Each figure is the median of several runs. Writes `target/bench-gdb.json`
 //! as well.
@@ -113,6 +118,25 @@ impl Rsp {
     }
 }
 
+impl Rsp {
+    /// A `monitor` command; its console output.
+    fn monitor(&mut self, cmd: &str) -> Result<String, Error> {
+        let hex: String = cmd.bytes().map(|b| format!("{b:02x}")).collect();
+        let mut reply = self.call(&format!("qRcmd,{hex}"))?;
+        let mut text = String::new();
+        // Console output comes as `O` packets, then `OK`.
+        while let Some(out) = reply.strip_prefix('O').filter(|_| reply != "OK") {
+            let bytes: Vec<u8> = (0..out.len() / 2)
+                .filter_map(|i| u8::from_str_radix(out.get(2 * i..2 * i + 2)?, 16).ok())
+                .collect();
+            text.push_str(&String::from_utf8_lossy(&bytes));
+            reply = self.packet()?;
+            self.s.write_all(b"+")?;
+        }
+        Ok(text)
+    }
+}
+
 /// Connects to a fresh server on the `watch` guest.
 fn session(rounds: u64) -> Result<(Child, Rsp), Error> {
     let port = free_port()?;
@@ -175,6 +199,39 @@ fn continue_latency(n: u64, bump: u64, kind: u8) -> Result<f64, Error> {
     Ok(secs / n as f64)
 }
 
+/// (d) seconds of one reverse-continue over `rounds` rounds, and the single
+/// steps it replayed.
+fn reverse_continue(rounds: u64, bump: u64, printf: u64) -> Result<(f64, u64), Error> {
+    let (child, mut rsp) = session(rounds)?;
+    rsp.monitor("record on")?;
+    rsp.call(&format!("Z1,{bump:x},1"))?;
+    rsp.call("c")?;
+    rsp.call(&format!("z1,{bump:x},1"))?;
+    rsp.call(&format!("Z1,{printf:x},1"))?;
+    let stop = rsp.call("c")?;
+    if !stop.starts_with("T05") {
+        return Err(format!("unexpected reply to c: {stop}").into());
+    }
+    rsp.call(&format!("Z1,{bump:x},1"))?;
+    let start = Instant::now();
+    let stop = rsp.call("bc")?;
+    let secs = start.elapsed().as_secs_f64();
+    if !stop.starts_with("T05") {
+        return Err(format!("unexpected reply to bc: {stop}").into());
+    }
+    let status = rsp.monitor("record")?;
+    let steps = status
+        .split("replayed ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| format!("no replay count in {status:?}"))?;
+    rsp.call(&format!("z1,{bump:x},1"))?;
+    rsp.call(&format!("z1,{printf:x},1"))?;
+    finish(child, rsp)?;
+    Ok((secs, steps))
+}
+
 /// (c) single steps per second of `stepi N` in `gdb -batch`, timed inside
 /// gdb (its Python) from before the command to after it.
 fn gdb_stepi(elf: &std::path::Path, n: u64) -> Result<f64, Error> {
@@ -211,11 +268,14 @@ fn main() -> Result<(), Error> {
 
     let guest = lunavm::guests::find("watch").ok_or("no built-in watch guest")?;
     let file = object::File::parse(guest.elf)?;
-    let bump = file
-        .symbols()
-        .find(|s| s.name() == Ok("bump"))
-        .ok_or("no symbol bump")?
-        .address();
+    let symbol = |name: &str| {
+        file.symbols()
+            .find(|s| s.name() == Ok(name))
+            .map(|s| s.address())
+            .ok_or_else(|| format!("no symbol {name}"))
+    };
+    let bump = symbol("bump")?;
+    let printf = symbol("printf")?;
     let dir = std::env::temp_dir().join(format!("lunavm-bench-gdb-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let elf = dir.join("watch.elf");
@@ -240,6 +300,20 @@ fn main() -> Result<(), Error> {
     })?;
     let gdb_rate = run("gdb stepi steps/s", &mut || gdb_stepi(&elf, gdb_steps))?;
     let _ = std::fs::remove_dir_all(&dir);
+    let distances: &[u64] = if quick { &[10, 100] } else { &[10, 100, 1000] };
+    let mut reverse = Vec::new();
+    for &rounds in distances {
+        let mut times = Vec::new();
+        let mut steps = 0;
+        for _ in 0..reps {
+            let (t, n) = reverse_continue(rounds, bump, printf)?;
+            times.push(t);
+            steps = n;
+        }
+        let t = median(times);
+        eprintln!("reverse-continue over {rounds} rounds: {t:.6} s, {steps} steps replayed");
+        reverse.push((rounds, steps, t));
+    }
 
     println!("gdb benchmark ({} runs each, medians)", reps);
     println!("  single steps/s, protocol `s`:          {:>10.0}", step);
@@ -256,7 +330,18 @@ fn main() -> Result<(), Error> {
         "  continue to a sw breakpoint (Z0):      {:>10.1} µs",
         sw * 1e6
     );
+    for (rounds, steps, t) in &reverse {
+        println!(
+            "  reverse-continue over {rounds:>4} rounds: {:>8.1} ms, {steps:>7} steps replayed ({:.1} µs/step)",
+            t * 1e3,
+            t * 1e6 / (*steps).max(1) as f64
+        );
+    }
     let report = json!({
+        "reverse_continue": reverse
+            .iter()
+            .map(|(r, n, t)| json!({"rounds": r, "steps_replayed": n, "seconds": t}))
+            .collect::<Vec<_>>(),
         "steps_per_s": step,
         "steps_per_s_with_g": step_g,
         "gdb_stepi_per_s": gdb_rate,

@@ -27,6 +27,8 @@
 //!     FS/GS/kernel-GS base; `unreadable` when KVM refuses one), a line each.
 //!   - `monitor clock`: virtual time (ns and formatted), guest-caused exits
 //!     and the platform's next timer deadline.
+//!   - `monitor record on|off`, `monitor record`: checkpoints for
+//!     `reverse-stepi` and `reverse-continue` (see [`reverse`]).
 //!   - `monitor lua CODE`: runs CODE in a Lua state with the scenario API
 //!     bound to this machine (globals persist between commands); prints what
 //!     it printed and returned, or the error.
@@ -48,7 +50,7 @@
 pub mod arch;
 mod conn;
 mod monitor;
-mod reverse;
+pub mod reverse;
 mod target;
 
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};

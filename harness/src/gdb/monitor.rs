@@ -88,10 +88,11 @@ impl GdbTarget {
                 .map_err(|e| e.to_string()),
             ["snapshot", rest @ ..] => Ok(self.snapshot_cmd(rest)),
             ["record"] => Ok(format!(
-                "recording {}; {} checkpoints kept ({} dropped for space)\n",
+                "recording {}; {} checkpoints kept ({} dropped for space); the last reverse operation replayed {} steps\n",
                 if self.recording { "on" } else { "off" },
                 self.history.len(),
-                self.history.dropped
+                self.history.dropped,
+                self.history.replayed
             )),
             ["record", "on"] => {
                 self.recording = true;

@@ -74,6 +74,8 @@ pub struct History {
     steps: Option<u64>,
     /// Checkpoints dropped for space (the history starts later).
     pub dropped: u64,
+    /// Single steps the last reverse operation replayed.
+    pub replayed: u64,
 }
 
 /// Where a reverse operation ended.
@@ -164,6 +166,7 @@ impl History {
 
     /// Goes one instruction back.
     pub fn reverse_step(&mut self, m: &mut Machine) -> Result<Landing, ReverseError> {
+        self.replayed = 0;
         loop {
             let Some(last) = self.checkpoints.len().checked_sub(1) else {
                 return Ok(Landing::Begin);
@@ -185,6 +188,7 @@ impl History {
     /// Goes back to the last breakpoint before now (or the history's start).
     pub fn reverse_continue(&mut self, m: &mut Machine) -> Result<Landing, ReverseError> {
         let breakpoints = gdb_breakpoints(m);
+        self.replayed = 0;
         loop {
             let Some(last) = self.checkpoints.len().checked_sub(1) else {
                 return Ok(Landing::Begin);
@@ -280,6 +284,7 @@ impl History {
             }
             step(m)?;
             steps += 1;
+            self.replayed += 1;
         }
     }
 
@@ -290,6 +295,7 @@ impl History {
         for _ in 0..steps {
             step(m)?;
         }
+        self.replayed += steps;
         self.checkpoints.truncate(index + 1);
         self.steps = Some(steps);
         if steps > 0 {
