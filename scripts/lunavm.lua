@@ -31,6 +31,8 @@
 ---| "exit_budget"       # `exits=` used up: `exits`
 ---| "time_budget"       # `time=` used up: `time`
 ---| "error"             # KVM failed to enter the guest or gave an unexpected exit: `message`
+---| "watch"             # a watch (set by gdb) was hit: `id`, `addr`, `size`, `write`, `value`
+---| "detached"          # `vm.gdb`: gdb detached, the machine is where gdb left it
 
 ---A ucall command name.
 ---@alias lunavm.UcallCommand "PRINT"|"SYNC"|"COV_MAP"|"CMP"|"FUZZ_POINT"|"DONE"|"ASSERT"
@@ -131,6 +133,15 @@ function vm.boot(opts) end
 ---@param opts? lunavm.RunOptions
 ---@return lunavm.Event event
 function vm.run(opts) end
+
+---Serves gdb on the stopped machine (as `lunavm run --gdb`) until gdb
+---detaches (`reason="detached"`) or the run ends under gdb (the event
+---`vm.run` would give). Blocks while gdb drives the machine.
+---
+---Example: `local ev = vm.gdb{addr="127.0.0.1:1234"}`
+---@param opts {addr: string}|string
+---@return lunavm.Event event
+function vm.gdb(opts) end
 
 ---Inside a hook or device callback: the current `vm.run` returns with
 ---`reason="hook"` once the callback returns. An error anywhere else.

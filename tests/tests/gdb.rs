@@ -46,10 +46,16 @@ impl Server {
 /// Starts `lunavm run ARGS --gdb 127.0.0.1:PORT` and waits until it listens.
 fn start_server(args: &[&str], port: u16) -> Server {
     let addr = format!("127.0.0.1:{port}");
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--gdb", &addr]);
+    spawn_listening(&all)
+}
+
+/// Starts `lunavm run ARGS` and waits until it listens for gdb.
+fn spawn_listening(args: &[&str]) -> Server {
     let mut child = Command::new(lunavm_bin())
         .args(["run"])
         .args(args)
-        .args(["--gdb", &addr])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -846,4 +852,54 @@ fn gdb_reverse_continue_crosses_a_timer_interrupt_deterministically() {
     // Going back and forth changed nothing the guest can see.
     assert_eq!(stdout, plain_out, "{context}");
     assert_eq!(code, plain.status.code(), "{context}");
+}
+
+#[test]
+fn gdb_served_from_a_lua_scenario_shares_its_lua_state() {
+    require_kvm();
+    let (dir, elf_path) = temp_file("watch.elf", &guest_elf("watch"));
+    let script = dir.path().join("serve.lua");
+    std::fs::write(
+        &script,
+        r#"vm.boot{guest = "watch"}
+local ev = vm.gdb{addr = arg[1]}
+print("lua: gdb ended: " .. ev.reason .. ", set from gdb: " .. tostring(from_gdb))
+ev = vm.run{}
+print("lua: run ended: " .. ev.reason .. " " .. ev.status)
+io.write(serial.output())
+"#,
+    )
+    .expect("write the scenario");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let script_path = script.to_string_lossy().into_owned();
+    let server = spawn_listening(&[&script_path, &addr]);
+    let commands: Vec<String> = [
+        "set architecture i386:x86-64".to_string(),
+        format!("target remote {addr}"),
+        "hbreak bump".into(),
+        "continue".into(),
+        "p i".into(),
+        // The scenario's own Lua state: it sees this after the detach.
+        "monitor lua from_gdb = cpu.get(\"rdi\")".into(),
+        "detach".into(),
+    ]
+    .into_iter()
+    .collect();
+    let transcript = run_gdb(&elf_path, &commands, |_| {});
+    let (code, stdout, stderr) = finish_server(server);
+    let context = format!("gdb:\n{transcript}\nlunavm stdout:\n{stdout}\nlunavm stderr:\n{stderr}");
+    eprintln!("{context}");
+    assert!(
+        transcript.contains("Breakpoint 1, bump (i=i@entry=1)"),
+        "{context}"
+    );
+    assert!(transcript.contains("$1 = 1"), "{context}");
+    assert!(
+        stdout.contains("lua: gdb ended: detached, set from gdb: 1\n"),
+        "{context}"
+    );
+    assert!(stdout.contains("watch: counter 0x33, sum 15"), "{context}");
+    assert!(stdout.contains("lua: run ended: exit 0"), "{context}");
+    assert_eq!(code, Some(0), "{context}");
 }

@@ -66,6 +66,7 @@ use gdbstub::stub::{run_blocking, DisconnectReason, GdbStub, SingleThreadStopRea
 use gdbstub::target::Target;
 
 use crate::machine::{Machine, MachineError, StopReason};
+use crate::script::Scenario;
 
 pub use target::GdbTarget;
 
@@ -130,6 +131,13 @@ pub fn serve(
     };
     let result = serve_target(&mut target, addr);
     (target.into_machine(), result)
+}
+
+/// Serves gdb on `addr` for the machine of a Lua session (a scenario's
+/// `vm.gdb`), as [`serve`] does; the machine stays in the session.
+pub fn serve_scenario(lua: Scenario, addr: &str) -> Result<SessionEnd, GdbError> {
+    let mut target = GdbTarget::with_scenario(lua, false);
+    serve_target(&mut target, addr)
 }
 
 /// Listens on `addr` and serves gdb connections to `target`.

@@ -86,7 +86,12 @@ impl GdbTarget {
         };
         let lua = Scenario::new(&opts).map_err(GdbError::Lua)?;
         lua.set_machine(machine);
-        Ok(GdbTarget {
+        Ok(Self::with_scenario(lua, qemu_exit_codes))
+    }
+
+    /// A target over the machine of an existing Lua session.
+    pub fn with_scenario(lua: Scenario, qemu_exit_codes: bool) -> Self {
+        GdbTarget {
             lua,
             qemu_exit_codes,
             resume: Resume::Continue,
@@ -95,7 +100,7 @@ impl GdbTarget {
             recording: false,
             finished: None,
             snapshots: super::monitor::Snapshots::new(),
-        })
+        }
     }
 
     /// The machine (borrowed from the Lua session).

@@ -199,6 +199,12 @@ impl Scenario {
         result
     }
 
+    /// A handle on an existing Lua state and its session (for a binding that
+    /// hands them to the gdb server).
+    pub(crate) fn from_parts(lua: Lua, session: Shared) -> Scenario {
+        Scenario { lua, session }
+    }
+
     /// Makes `machine` the session's machine (as if `vm.boot` had built it).
     pub fn set_machine(&self, machine: Machine) {
         let mut s = self.session.borrow_mut();
