@@ -155,15 +155,17 @@ fn finish_server(mut server: Server) -> (Option<i32>, String, String) {
 
 /// Pins a gdb transcript with insta, with what varies between builds of the
 /// guests normalised: addresses inside the guest image (loaded at 1 MiB,
-/// code, data and stack under 1 MiB long) become `[IMAGE]`, and so do
-/// instruction counts; everything else (fixed addresses, values) is the same
-/// on every run.
+/// code, data and stack under 1 MiB long) become `[IMAGE]`, their page
+/// numbers `[PAGE]`, and instruction counts `[N]`; everything else (fixed
+/// addresses, values) is the same on every run.
 fn assert_transcript(name: &str, transcript: &str) {
     insta::with_settings!({
         filters => vec![
             (r"\b0x0*1[0-9a-f]{5}\b", "[IMAGE]"),
             // Instruction counts change with the compiler.
             (r"replayed \d+ steps", "replayed [N] steps"),
+            // So do the page numbers of the image's pages.
+            (r"\b0x1[0-9a-f]{2}\b", "[PAGE]"),
         ],
     }, {
         insta::assert_snapshot!(name, transcript);
@@ -495,14 +497,20 @@ fn gdb_watchpoints_fire_on_guest_kernel_writes_and_reads() {
         "hbreak guest_main".into(),
         "continue".into(),
         "monitor snapshot take start".into(),
+        "monitor watches".into(),
+        // Keep watchpoints inserted while stopped, for `monitor watches`.
+        "set breakpoint always-inserted on".into(),
         "watch watched.counter".into(),
         "continue".into(),
+        "monitor watches".into(),
         "continue".into(),
         "p/x watched.counter".into(),
         "delete 2".into(),
         "rwatch watched.input".into(),
         "continue".into(),
+        "monitor watches".into(),
         "delete 3".into(),
+        "monitor watches".into(),
         // Restoring rolls back the writes the watch completed.
         "monitor snapshot restore start".into(),
         "p/x watched.counter".into(),
@@ -535,6 +543,27 @@ fn gdb_watchpoints_fire_on_guest_kernel_writes_and_reads() {
         "{context}"
     );
     assert!(transcript.contains("$2 = 0x0"), "restored\n{context}");
+    let watched = symbol_address(&guest_elf("watch"), "watched");
+    let page = watched / 4096;
+    // While a write watch is set, its page is a read-only slot of its own.
+    assert!(
+        transcript.contains(&format!(
+            "region 0 pages {page:#x}..{:#x} read-only",
+            page + 1
+        )),
+        "{context}"
+    );
+    // A read watch takes the page out: the slots around it leave a gap.
+    assert!(
+        transcript.contains(&format!(
+            "region 0 pages 0x0..{page:#x} read-write\nslot 1: region 0 pages {:#x}..",
+            page + 1
+        )),
+        "{context}"
+    );
+    // With no watch left, one slot covers the region again, as at the start.
+    let whole = "no watches\nslot 0: region 0 pages 0x0..0x8000 read-write\n";
+    assert_eq!(transcript.matches(whole).count(), 2, "{context}");
     assert!(stdout.contains("watch: counter 0x33, sum 15"), "{context}");
     assert!(transcript.contains("exited normally"), "{context}");
     assert_eq!(code, Some(0), "{context}");

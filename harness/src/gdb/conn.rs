@@ -99,7 +99,11 @@ impl ConnectionExt for GdbConn {
         if !self.has_buffered_input() {
             self.fill(true)?;
         }
-        let byte = self.input[self.pos];
+        let byte = self
+            .input
+            .get(self.pos)
+            .copied()
+            .ok_or(std::io::ErrorKind::UnexpectedEof)?;
         self.pos += 1;
         Ok(byte)
     }
@@ -108,7 +112,7 @@ impl ConnectionExt for GdbConn {
         if !self.has_buffered_input() && !self.fill(false)? {
             return Ok(None);
         }
-        Ok(Some(self.input[self.pos]))
+        Ok(self.input.get(self.pos).copied())
     }
 }
 

@@ -27,6 +27,7 @@
 //!     FS/GS/kernel-GS base; `unreadable` when KVM refuses one), a line each.
 //!   - `monitor clock`: virtual time (ns and formatted), guest-caused exits
 //!     and the platform's next timer deadline.
+//!   - `monitor watches`: the page watches and the KVM memory slots.
 //!   - `monitor record on|off`, `monitor record`: checkpoints for
 //!     `reverse-stepi` and `reverse-continue` (see [`reverse`]).
 //!   - `monitor lua CODE`: runs CODE in a Lua state with the scenario API

@@ -24,6 +24,7 @@ lunavm monitor commands:
   monitor snapshot restore NAME    restore snapshot NAME
   monitor snapshot list            list the snapshots of this gdb session
   monitor snapshot drop NAME       forget snapshot NAME
+  monitor watches                  the page watches (gdb's watchpoints) and the KVM memory slots
   monitor record on|off            keep checkpoints for reverse-stepi and reverse-continue (off by default)
   monitor record                   whether recording is on, and the checkpoints kept
   monitor lua CODE                 run Lua against the stopped machine (the scenario API:
@@ -87,6 +88,10 @@ impl GdbTarget {
                 .map(|m| clock_text(&m))
                 .map_err(|e| e.to_string()),
             ["snapshot", rest @ ..] => Ok(self.snapshot_cmd(rest)),
+            ["watches"] => self
+                .machine()
+                .map(|m| watches_text(&m))
+                .map_err(|e| e.to_string()),
             ["record"] => Ok(format!(
                 "recording {}; {} checkpoints kept ({} dropped for space); the last reverse operation replayed {} steps\n",
                 if self.recording { "on" } else { "off" },
@@ -286,6 +291,38 @@ fn system_regs(out: &mut String, s: &kvm_sregs) {
             t.base, t.limit
         );
     }
+}
+
+/// `monitor watches`: the watches and the memory slots they carved.
+fn watches_text(machine: &Machine) -> String {
+    let mut out = String::new();
+    let watches = machine.watches().list();
+    if watches.is_empty() {
+        out.push_str("no watches\n");
+    }
+    for w in watches {
+        let _ = writeln!(
+            out,
+            "watch {}: {:?} of {} bytes at physical {:#x} ({:?})",
+            w.id, w.kind, w.len, w.gpa, w.owner
+        );
+    }
+    for p in machine.memory_slots() {
+        let _ = writeln!(
+            out,
+            "slot {}: region {} pages {:#x}..{:#x} {}",
+            p.slot,
+            p.region,
+            p.first_page,
+            p.first_page + p.pages,
+            if p.readonly {
+                "read-only"
+            } else {
+                "read-write"
+            }
+        );
+    }
+    out
 }
 
 /// `monitor clock`: virtual time, guest-caused exits and the next timer

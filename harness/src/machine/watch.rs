@@ -239,6 +239,12 @@ impl Machine {
         &self.watches
     }
 
+    /// The KVM memory slots over guest RAM (one per region unless pages are
+    /// carved out for watches).
+    pub fn memory_slots(&self) -> &[crate::vm::slots::Piece] {
+        self.vm.slots.pieces()
+    }
+
     /// Carves the watched pages out of their slots (and puts back the rest).
     fn apply_watches(&mut self) -> Result<(), MachineError> {
         let carved = self.watches.carved();
