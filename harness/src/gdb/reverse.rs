@@ -4,8 +4,10 @@
 //! Recording is off until `monitor record on` (a checkpoint copies all of
 //! guest RAM, too slow to take on every continue unasked). While it is on and
 //! gdb drives the machine forward, lunavm keeps checkpoints: an in-memory
-//! snapshot at the first resume and before every `continue` (not before
-//! single steps, which are counted instead). A position is
+//! snapshot at the first resume, before every `continue`, and before the
+//! first single step after a continue; further single steps are counted. So
+//! each segment between checkpoints is either one continue or a run of gdb's
+//! single steps, which inject no interrupts; the replay does the same. A position is
 //! (checkpoint, single steps since it). Going back means restoring the
 //! checkpoint the position lies after and single-stepping forward again:
 //! the machine is deterministic, and harness-caused exits (the steps) move
@@ -59,6 +61,9 @@ pub enum ReverseError {
 /// One checkpoint.
 struct Checkpoint {
     snap: Snapshot,
+    /// gdb single-steps from here (interrupts blocked), rather than
+    /// continuing.
+    stepping: bool,
     /// The machine was stopped at a breakpoint (the next run steps over it).
     at_breakpoint: bool,
     /// Single steps from the previous checkpoint to this one, once known.
@@ -126,7 +131,15 @@ impl History {
     /// Before a forward run: a checkpoint here for a continue (or the first
     /// one of the history), unless the machine is at one.
     pub fn before_forward(&mut self, m: &mut Machine, stepping: bool) -> Result<(), MachineError> {
-        if self.steps == Some(0) || (stepping && !self.checkpoints.is_empty()) {
+        if self.steps == Some(0) {
+            // At a checkpoint, nothing run from it yet.
+            if let Some(c) = self.checkpoints.last_mut() {
+                c.stepping = stepping;
+                return Ok(());
+            }
+        }
+        let counting = self.checkpoints.last().is_some_and(|c| c.stepping);
+        if stepping && counting && self.steps.is_some() {
             return Ok(());
         }
         let steps_from_previous = if self.checkpoints.is_empty() {
@@ -147,6 +160,7 @@ impl History {
         }
         self.checkpoints.push(Checkpoint {
             snap,
+            stepping,
             at_breakpoint: m.resume_over_breakpoint,
             steps_from_previous,
         });
@@ -252,6 +266,7 @@ impl History {
         // The state to reach, by hash (memory and registers).
         let end_hash = hash_without_breakpoints(m)?;
         let mut hits = Vec::new();
+        let blocked = self.stepping_from(index);
         self.restore(m, index)?;
         let mut steps = 0u64;
         loop {
@@ -282,7 +297,7 @@ impl History {
                     "{steps} steps from the checkpoint (at {exits} guest exits, {end_exits} recorded) never reached the recorded state"
                 )));
             }
-            step(m)?;
+            step(m, blocked)?;
             steps += 1;
             self.replayed += 1;
         }
@@ -291,9 +306,10 @@ impl History {
     /// Restores checkpoint `index` and steps `steps` times from it; the
     /// later checkpoints are dropped.
     fn goto(&mut self, m: &mut Machine, index: usize, steps: u64) -> Result<(), ReverseError> {
+        let blocked = self.stepping_from(index);
         self.restore(m, index)?;
         for _ in 0..steps {
-            step(m)?;
+            step(m, blocked)?;
         }
         self.replayed += steps;
         self.checkpoints.truncate(index + 1);
@@ -304,6 +320,12 @@ impl History {
             m.resume_over_breakpoint = gdb_breakpoints(m).contains(&rip);
         }
         Ok(())
+    }
+
+    /// Whether gdb single-stepped from checkpoint `index` (so the replay
+    /// blocks interrupts too).
+    fn stepping_from(&self, index: usize) -> bool {
+        self.checkpoints.get(index).is_some_and(|c| c.stepping)
     }
 
     /// Restores checkpoint `index` (as it was taken).
@@ -317,10 +339,12 @@ impl History {
     }
 }
 
-/// One single step of the replay.
-fn step(m: &mut Machine) -> Result<(), ReverseError> {
+/// One single step of the replay (with interrupts blocked when the
+/// original was gdb's step).
+fn step(m: &mut Machine, block_interrupts: bool) -> Result<(), ReverseError> {
     let cond = StopCondition {
         single_step: true,
+        block_interrupts,
         ..StopCondition::default()
     };
     match m.run(&cond)? {

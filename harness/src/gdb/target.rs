@@ -140,6 +140,8 @@ impl GdbTarget {
         let stepping = self.resume == Resume::Step;
         let cond = StopCondition {
             single_step: stepping,
+            // gdb's stepi never lands in an interrupt handler.
+            block_interrupts: stepping,
             interrupt,
             ..StopCondition::default()
         };

@@ -212,6 +212,8 @@ pub struct Machine {
     pub(crate) platform: platform::Platform,
     /// The absolute virtual time the current run call must stop at.
     pub(crate) run_time_limit: Option<u64>,
+    /// The current run call injects no interrupts.
+    pub(crate) block_interrupts: bool,
 }
 
 /// The current vCPU's registers as last read or written, until it runs again.
@@ -296,6 +298,7 @@ impl Machine {
             trace: Vec::new(),
             platform,
             run_time_limit: None,
+            block_interrupts: false,
         })
     }
 

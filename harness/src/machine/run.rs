@@ -118,8 +118,8 @@ impl Machine {
             self.platform.sync(now);
         }
         // The single step that completes a watched access must run that
-        // instruction, not an interrupt handler.
-        if self.watches.pending.is_some() {
+        // instruction, not an interrupt handler; so must a debugger's step.
+        if self.watches.pending.is_some() || self.block_interrupts {
             self.vcpus[self.current]
                 .get_kvm_run()
                 .request_interrupt_window = 0;
@@ -185,6 +185,7 @@ impl Machine {
         let start_exits = self.clock.guest_exits();
         let start_ns = self.clock.now_ns();
         self.run_time_limit = cond.max_time_ns.map(|m| start_ns.saturating_add(m));
+        self.block_interrupts = cond.block_interrupts;
         if let Some(stop) = self.check_serial(cond) {
             return Ok(stop);
         }

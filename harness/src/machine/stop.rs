@@ -23,6 +23,11 @@ pub struct StopCondition {
     /// Run exactly one guest instruction (with the breakpoints off) and stop
     /// with [`StopReason::Stepped`], unless the guest ends the run first.
     pub single_step: bool,
+    /// Inject no interrupt during this run (a debugger's single step should
+    /// not land in an interrupt handler); pending ones wait for the next
+    /// run. Userspace platform only: KVM's in-kernel irqchip injects on its
+    /// own.
+    pub block_interrupts: bool,
     /// Stop with [`StopReason::Interrupted`] once this flag is set (by another
     /// thread: a debugger's Ctrl-C). Checked after every exit; a guest spinning
     /// without exits is reached by the forward-progress kick.
