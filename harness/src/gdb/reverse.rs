@@ -195,7 +195,7 @@ impl History {
             if last == 0 {
                 return Ok(Landing::Begin);
             }
-            self.enter_previous_segment(m)?;
+            self.enter_previous_segment()?;
         }
     }
 
@@ -222,7 +222,7 @@ impl History {
             // Nothing in this segment: the machine is now at its start; look
             // in the previous one.
             self.goto(m, last, 0)?;
-            self.enter_previous_segment(m)?;
+            self.enter_previous_segment()?;
         }
     }
 
@@ -241,7 +241,7 @@ impl History {
     /// Moves the position to the end of the previous segment (the state of
     /// the last checkpoint, which the machine is at), dropping that
     /// checkpoint.
-    fn enter_previous_segment(&mut self, _m: &mut Machine) -> Result<(), ReverseError> {
+    fn enter_previous_segment(&mut self) -> Result<(), ReverseError> {
         let Some(gone) = self.checkpoints.pop() else {
             return Ok(());
         };
