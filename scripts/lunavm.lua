@@ -546,6 +546,18 @@ function hook.mmio(spec) end
 ---@return lunavm.Handle
 function hook.exec(addr, fn) end
 
+---A data watch: `fn` runs after each guest access to `size` bytes (default 8)
+---at guest-physical `addr` (or guest-virtual `vaddr`, translated now) that
+---`on` selects ("write", the default; "read"; "access"). The watched page is
+---made read-only or taken out of its memory slot, so it fires for guest
+---kernel code too; lunavm completes each access itself. A read or access
+---watch must not be on a page holding code or page tables.
+---
+---Example: `hook.watch{vaddr=0x105000, fn=function(ev) print(ev.value) end}`
+---@param spec {addr?: integer, vaddr?: integer, size?: integer, on?: "write"|"read"|"access", fn: fun(ev: {addr: integer, size: integer, write: boolean, value: integer})}
+---@return lunavm.Handle
+function hook.watch(spec) end
+
 ---Called on ucalls of one command, or of all (`cmd` nil).
 ---@param cmd lunavm.UcallCommand|nil
 ---@param fn fun(ev: lunavm.UcallEvent)
