@@ -31,6 +31,8 @@
 ---| "exit_budget"       # `exits=` used up: `exits`
 ---| "time_budget"       # `time=` used up: `time`
 ---| "error"             # KVM failed to enter the guest or gave an unexpected exit: `message`
+---| "watch"             # a watch (set by gdb) was hit: `id`, `addr`, `size`, `write`, `value`
+---| "detached"          # `vm.gdb`: gdb detached, the machine is where gdb left it
 
 ---A ucall command name.
 ---@alias lunavm.UcallCommand "PRINT"|"SYNC"|"COV_MAP"|"CMP"|"FUZZ_POINT"|"DONE"|"ASSERT"
@@ -137,6 +139,15 @@ function vm.boot(opts) end
 ---@param opts? lunavm.RunOptions
 ---@return lunavm.Event event
 function vm.run(opts) end
+
+---Serves gdb on the stopped machine (as `lunavm run --gdb`) until gdb
+---detaches (`reason="detached"`) or the run ends under gdb (the event
+---`vm.run` would give). Blocks while gdb drives the machine.
+---
+---Example: `local ev = vm.gdb{addr="127.0.0.1:1234"}`
+---@param opts {addr: string}|string
+---@return lunavm.Event event
+function vm.gdb(opts) end
 
 ---Inside a hook or device callback: the current `vm.run` returns with
 ---`reason="hook"` once the callback returns. An error anywhere else.
@@ -540,6 +551,18 @@ function hook.mmio(spec) end
 ---@param fn fun(ev: lunavm.ExecEvent)
 ---@return lunavm.Handle
 function hook.exec(addr, fn) end
+
+---A data watch: `fn` runs after each guest access to `size` bytes (default 8)
+---at guest-physical `addr` (or guest-virtual `vaddr`, translated now) that
+---`on` selects ("write", the default; "read"; "access"). The watched page is
+---made read-only or taken out of its memory slot, so it fires for guest
+---kernel code too; lunavm completes each access itself. A read or access
+---watch must not be on a page holding code or page tables.
+---
+---Example: `hook.watch{vaddr=0x105000, fn=function(ev) print(ev.value) end}`
+---@param spec {addr?: integer, vaddr?: integer, size?: integer, on?: "write"|"read"|"access", fn: fun(ev: {addr: integer, size: integer, write: boolean, value: integer})}
+---@return lunavm.Handle
+function hook.watch(spec) end
 
 ---Called on ucalls of one command, or of all (`cmd` nil).
 ---@param cmd lunavm.UcallCommand|nil

@@ -152,6 +152,7 @@ pub fn exit_code_for(stop: &StopReason, qemu_exit_codes: bool) -> u8 {
         | StopReason::Ucall { .. }
         | StopReason::Completed { .. }
         | StopReason::Breakpoint { .. }
+        | StopReason::Watch { .. }
         | StopReason::Stepped { .. }
         | StopReason::Interrupted
         | StopReason::SerialMatch { .. }
@@ -204,7 +205,11 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome, LaunchError> {
         None => boot(opts)?,
     };
     let stop = match &opts.gdb {
-        Some(addr) => run_with_gdb(&mut machine, opts, addr)?,
+        Some(addr) => {
+            let (m, stop) = run_with_gdb(machine, opts, addr)?;
+            machine = m;
+            stop
+        }
         None => machine.run(&opts.stop)?,
     };
     if let Some(path) = &opts.save {
@@ -226,17 +231,23 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome, LaunchError> {
 /// Serves gdb until it detaches or the run ends; after a detach the guest
 /// runs on under `opts.stop` (whose budgets count from there).
 fn run_with_gdb(
-    machine: &mut Machine,
+    machine: Machine,
     opts: &RunOptions,
     addr: &str,
-) -> Result<StopReason, LaunchError> {
+) -> Result<(Machine, StopReason), LaunchError> {
     use crate::gdb::{self, GdbError, SessionEnd};
-    match gdb::serve(machine, addr, opts.qemu_exit_codes) {
-        Ok(SessionEnd::Finished(stop)) => Ok(stop),
-        Ok(SessionEnd::Detached) => Ok(machine.run(&opts.stop)?),
-        Err(GdbError::Machine(e)) => Err(LaunchError::Machine(e)),
-        Err(e) => Err(LaunchError::Gdb(e)),
-    }
+    let (machine, end) = gdb::serve(machine, addr, opts.qemu_exit_codes);
+    let end = match end {
+        Ok(end) => end,
+        Err(GdbError::Machine(e)) => return Err(LaunchError::Machine(e)),
+        Err(e) => return Err(LaunchError::Gdb(e)),
+    };
+    let mut machine = machine.ok_or(LaunchError::Gdb(GdbError::NoMachine))?;
+    let stop = match end {
+        SessionEnd::Finished(stop) => stop,
+        SessionEnd::Detached => machine.run(&opts.stop)?,
+    };
+    Ok((machine, stop))
 }
 
 /// Boots the kernel `opts` names.

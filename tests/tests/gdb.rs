@@ -24,15 +24,38 @@ fn free_port() -> u16 {
 struct Server {
     child: Child,
     stderr: mpsc::Receiver<String>,
+    /// Each stderr line as it comes.
+    lines: mpsc::Receiver<String>,
+}
+
+impl Server {
+    /// Waits (up to LIMIT) for a stderr line containing `text`.
+    fn wait_for_line(&self, text: &str) {
+        let start = Instant::now();
+        while let Some(left) = LIMIT.checked_sub(start.elapsed()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(text) => return,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        panic!("lunavm never printed {text:?}");
+    }
 }
 
 /// Starts `lunavm run ARGS --gdb 127.0.0.1:PORT` and waits until it listens.
 fn start_server(args: &[&str], port: u16) -> Server {
     let addr = format!("127.0.0.1:{port}");
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--gdb", &addr]);
+    spawn_listening(&all)
+}
+
+/// Starts `lunavm run ARGS` and waits until it listens for gdb.
+fn spawn_listening(args: &[&str]) -> Server {
     let mut child = Command::new(lunavm_bin())
         .args(["run"])
         .args(args)
-        .args(["--gdb", &addr])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -40,6 +63,7 @@ fn start_server(args: &[&str], port: u16) -> Server {
         .expect("lunavm starts");
     let (tx, rx) = mpsc::channel();
     let (ready_tx, ready_rx) = mpsc::channel();
+    let (lines_tx, lines) = mpsc::channel();
     let stderr = child.stderr.take().expect("stderr");
     std::thread::spawn(move || {
         let mut all = String::new();
@@ -48,6 +72,7 @@ fn start_server(args: &[&str], port: u16) -> Server {
             if line.contains("waiting for gdb on") {
                 let _ = ready_tx.send(());
             }
+            let _ = lines_tx.send(line.clone());
             all.push_str(&line);
             all.push('\n');
         }
@@ -58,7 +83,11 @@ fn start_server(args: &[&str], port: u16) -> Server {
         let err = rx.recv_timeout(LIMIT).unwrap_or_default();
         panic!("lunavm never listened for gdb; stderr:\n{err}");
     }
-    Server { child, stderr: rx }
+    Server {
+        child,
+        stderr: rx,
+        lines,
+    }
 }
 
 /// Waits for `child` up to LIMIT (killing it after), returning its exit code.
@@ -124,6 +153,25 @@ fn finish_server(mut server: Server) -> (Option<i32>, String, String) {
     (code, stdout, stderr)
 }
 
+/// Pins a gdb transcript with insta, with what varies between builds of the
+/// guests normalised: addresses inside the guest image (loaded at 1 MiB,
+/// code, data and stack under 1 MiB long) become `[IMAGE]`, their page
+/// numbers `[PAGE]`, and instruction counts `[N]`; everything else (fixed
+/// addresses, values) is the same on every run.
+fn assert_transcript(name: &str, transcript: &str) {
+    insta::with_settings!({
+        filters => vec![
+            (r"\b0x0*1[0-9a-f]{5}\b", "[IMAGE]"),
+            // Instruction counts change with the compiler.
+            (r"replayed \d+ steps", "replayed [N] steps"),
+            // So do the page numbers of the image's pages.
+            (r"\b0x1[0-9a-f]{2}\b", "[PAGE]"),
+        ],
+    }, {
+        insta::assert_snapshot!(name, transcript);
+    });
+}
+
 /// guest_main's address from the ELF's symbol table, as `nm` would print it.
 fn symbol_address(elf: &[u8], name: &str) -> u64 {
     use object::{Object, ObjectSymbol};
@@ -168,6 +216,7 @@ fn gdb_breaks_steps_and_edits_registers_and_memory() {
     let context = format!("gdb:\n{transcript}\nlunavm stdout:\n{stdout}\nlunavm stderr:\n{stderr}");
     // Shown with --nocapture (and on failure).
     eprintln!("{context}");
+    assert_transcript("gdb_break_step_registers_memory", &transcript);
 
     // Stopped at the first instruction, the PVH entry.
     assert!(transcript.contains("$1 = 0x100000"), "{context}");
@@ -230,6 +279,17 @@ fn gdb_ctrl_c_stops_a_guest_spinning_without_exits() {
     let _ = server.child.kill();
     let (_code, _stdout, stderr) = finish_server(server);
     let context = format!("gdb:\n{transcript}\nlunavm stderr:\n{stderr}");
+    // Where the guest was when Ctrl-C came varies: keep the rest.
+    let mut pinned = String::new();
+    let mut stopped = false;
+    for l in transcript.lines() {
+        if !stopped || l.starts_with("[Inferior") {
+            pinned.push_str(l);
+            pinned.push('\n');
+        }
+        stopped |= l.starts_with("Program received signal SIGINT");
+    }
+    assert_transcript("gdb_ctrl_c", &pinned);
     assert!(
         transcript.contains("Program received signal SIGINT"),
         "{context}"
@@ -318,4 +378,631 @@ fn gdb_monitor_commands_show_state_and_restore_snapshots() {
     );
     assert!(stdout.contains("Hello from lunavm guest"), "{context}");
     assert_eq!(code, Some(0), "{context}");
+}
+
+#[test]
+fn gdb_sees_and_writes_segment_bases_and_control_registers() {
+    require_kvm();
+    let (_dir, elf_path) = temp_file("hello.elf", &guest_elf("hello"));
+    let port = free_port();
+    let server = start_server(&["--guest", "hello"], port);
+    let commands: Vec<String> = [
+        "set architecture i386:x86-64".to_string(),
+        format!("target remote 127.0.0.1:{port}"),
+        "hbreak guest_main".into(),
+        "continue".into(),
+        "info registers cr0".into(),
+        "info registers efer".into(),
+        "p/x $cr3 == $cr3".into(),
+        "set $fs_base = 0x1234000".into(),
+        "set $gs_base = 0x5678000".into(),
+        "p/x $fs_base".into(),
+        // The machine sees gdb's writes (read back through Lua, not gdb).
+        "monitor lua cpu.get(\"fs_base\")".into(),
+        "monitor lua cpu.get(\"gs_base\")".into(),
+        "continue".into(),
+    ]
+    .into_iter()
+    .collect();
+    let transcript = run_gdb(&elf_path, &commands, |_| {});
+    let (code, stdout, stderr) = finish_server(server);
+    let context = format!("gdb:\n{transcript}\nlunavm stdout:\n{stdout}\nlunavm stderr:\n{stderr}");
+    eprintln!("{context}");
+    assert_transcript("gdb_system_registers", &transcript);
+    let line = |prefix: &str| {
+        transcript
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no line starting {prefix:?}\n{context}"))
+            .to_string()
+    };
+    let cr0 = line("cr0 ");
+    assert!(
+        cr0.contains(" PE ") && cr0.contains(" PG "),
+        "cr0 with its flags\n{context}"
+    );
+    assert!(line("efer ").contains(" LMA "), "{context}");
+    assert!(transcript.contains("$2 = 0x1234000"), "{context}");
+    assert!(transcript.contains("19087360 (0x1234000)"), "{context}");
+    assert!(transcript.contains("90669056 (0x5678000)"), "{context}");
+    assert!(transcript.contains("exited normally"), "{context}");
+    assert_eq!(code, Some(0), "{context}");
+}
+
+#[test]
+fn gdb_monitor_lua_runs_against_the_stopped_machine() {
+    require_kvm();
+    let elf = guest_elf("hello");
+    let main_addr = symbol_address(&elf, "guest_main");
+    let (_dir, elf_path) = temp_file("hello.elf", &elf);
+    let port = free_port();
+    let server = start_server(&["--guest", "hello"], port);
+    let commands: Vec<String> = [
+        "set architecture i386:x86-64".to_string(),
+        format!("target remote 127.0.0.1:{port}"),
+        "hbreak guest_main".into(),
+        "continue".into(),
+        "monitor lua cpu.get(\"rip\")".into(),
+        "monitor lua x = 41".into(),
+        "monitor lua x + 1".into(),
+        "monitor lua print(\"from lua\", 7) return 1, \"two\"".into(),
+        // Lua changes the machine; gdb sees it once its cache is flushed.
+        "monitor lua cpu.set(\"rbx\", 0xabc)".into(),
+        "maintenance flush register-cache".into(),
+        "p/x $rbx".into(),
+        "monitor lua (".into(),
+        "monitor lua error(\"boom\")".into(),
+        "monitor lua".into(),
+        "continue".into(),
+    ]
+    .into_iter()
+    .collect();
+    let transcript = run_gdb(&elf_path, &commands, |_| {});
+    let (code, stdout, stderr) = finish_server(server);
+    let context = format!("gdb:\n{transcript}\nlunavm stdout:\n{stdout}\nlunavm stderr:\n{stderr}");
+    eprintln!("{context}");
+    assert!(
+        transcript.contains(&format!("{main_addr} ({main_addr:#x})")),
+        "rip from Lua\n{context}"
+    );
+    assert!(transcript.contains("(no value)"), "{context}");
+    assert!(transcript.contains("42 (0x2a)"), "{context}");
+    assert!(
+        transcript.contains("from lua\t7\n1 (0x1)\n\"two\"\n"),
+        "{context}"
+    );
+    assert!(transcript.contains("$1 = 0xabc"), "{context}");
+    assert!(transcript.contains("error: monitor lua:1:"), "{context}");
+    assert!(
+        transcript.contains("error: monitor lua:1: boom"),
+        "{context}"
+    );
+    assert!(
+        transcript.contains("error: usage: monitor lua CODE"),
+        "{context}"
+    );
+    assert!(transcript.contains("exited normally"), "{context}");
+    assert_eq!(code, Some(0), "{context}");
+}
+
+#[test]
+fn gdb_watchpoints_fire_on_guest_kernel_writes_and_reads() {
+    require_kvm();
+    let (_dir, elf_path) = temp_file("watch.elf", &guest_elf("watch"));
+    let port = free_port();
+    let server = start_server(&["--guest", "watch"], port);
+    let commands: Vec<String> = [
+        "set architecture i386:x86-64".to_string(),
+        format!("target remote 127.0.0.1:{port}"),
+        "hbreak guest_main".into(),
+        "continue".into(),
+        "monitor snapshot take start".into(),
+        "monitor watches".into(),
+        // Keep watchpoints inserted while stopped, for `monitor watches`.
+        "set breakpoint always-inserted on".into(),
+        "watch watched.counter".into(),
+        "continue".into(),
+        "monitor watches".into(),
+        "continue".into(),
+        "p/x watched.counter".into(),
+        "delete 2".into(),
+        "rwatch watched.input".into(),
+        "continue".into(),
+        "monitor watches".into(),
+        "delete 3".into(),
+        "monitor watches".into(),
+        // Restoring rolls back the writes the watch completed.
+        "monitor snapshot restore start".into(),
+        "p/x watched.counter".into(),
+        "continue".into(),
+    ]
+    .into_iter()
+    .collect();
+    let transcript = run_gdb(&elf_path, &commands, |_| {});
+    let (code, stdout, stderr) = finish_server(server);
+    let context = format!("gdb:\n{transcript}\nlunavm stdout:\n{stdout}\nlunavm stderr:\n{stderr}");
+    eprintln!("{context}");
+    assert_transcript("gdb_watchpoints", &transcript);
+    assert!(
+        transcript.contains("Hardware watchpoint 2: watched.counter"),
+        "{context}"
+    );
+    assert!(
+        transcript.contains("Old value = 0\nNew value = 17\n"),
+        "first write\n{context}"
+    );
+    assert!(
+        transcript.contains("Old value = 17\nNew value = 34\n"),
+        "second write\n{context}"
+    );
+    // gdb stopped right after the store in bump().
+    assert!(transcript.contains("bump (i="), "{context}");
+    assert!(transcript.contains("$1 = 0x22"), "{context}");
+    assert!(
+        transcript.contains("Hardware read watchpoint 3: watched.input\n\nValue = 5"),
+        "{context}"
+    );
+    assert!(transcript.contains("$2 = 0x0"), "restored\n{context}");
+    let watched = symbol_address(&guest_elf("watch"), "watched");
+    let page = watched / 4096;
+    // While a write watch is set, its page is a read-only slot of its own.
+    assert!(
+        transcript.contains(&format!(
+            "region 0 pages {page:#x}..{:#x} read-only",
+            page + 1
+        )),
+        "{context}"
+    );
+    // A read watch takes the page out: the slots around it leave a gap.
+    assert!(
+        transcript.contains(&format!(
+            "region 0 pages 0x0..{page:#x} read-write\nslot 1: region 0 pages {:#x}..",
+            page + 1
+        )),
+        "{context}"
+    );
+    // With no watch left, one slot covers the region again, as at the start.
+    let whole = "no watches\nslot 0: region 0 pages 0x0..0x8000 read-write\n";
+    assert_eq!(transcript.matches(whole).count(), 2, "{context}");
+    assert!(stdout.contains("watch: counter 0x33, sum 15"), "{context}");
+    assert!(transcript.contains("exited normally"), "{context}");
+    assert_eq!(code, Some(0), "{context}");
+}
+
+/// The first byte of function `name` in the ELF file.
+fn first_code_byte(elf: &[u8], name: &str) -> u8 {
+    use object::{Object, ObjectSection};
+    let addr = symbol_address(elf, name);
+    let file = object::File::parse(elf).expect("guest ELF parses");
+    file.sections()
+        .find(|s| s.address() <= addr && addr < s.address() + s.size())
+        .and_then(|s| {
+            let offset = usize::try_from(addr - s.address()).ok()?;
+            s.data().ok()?.get(offset).copied()
+        })
+        .unwrap_or_else(|| panic!("no section holds {name}"))
+}
+
+#[test]
+fn gdb_software_breakpoints_stop_hide_and_step_over_their_int3() {
+    require_kvm();
+    let elf = guest_elf("watch");
+    let bump_addr = symbol_address(&elf, "bump");
+    let first = first_code_byte(&elf, "bump");
+    let (_dir, elf_path) = temp_file("watch.elf", &elf);
+    let port = free_port();
+    let server = start_server(&["--guest", "watch"], port);
+    let commands: Vec<String> = [
+        "set architecture i386:x86-64".to_string(),
+        format!("target remote 127.0.0.1:{port}"),
+        // Keep the int3 in memory while stopped, so reads must hide it.
+        "set breakpoint always-inserted on".into(),
+        "break bump".into(),
+        "continue".into(),
+        "p/x $pc".into(),
+        "x/1xb bump".into(),
+        "monitor snapshot take at_bump".into(),
+        "continue".into(),
+        "info breakpoints".into(),
+        "monitor snapshot restore at_bump".into(),
+        "maintenance flush register-cache".into(),
+        "p i".into(),
+        "delete".into(),
+        "x/1xb bump".into(),
+        "continue".into(),
+    ]
+    .into_iter()
+    .collect();
+    let transcript = run_gdb(&elf_path, &commands, |_| {});
+    let (code, stdout, stderr) = finish_server(server);
+    let context = format!("gdb:\n{transcript}\nlunavm stdout:\n{stdout}\nlunavm stderr:\n{stderr}");
+    eprintln!("{context}");
+    assert_transcript("gdb_software_breakpoints", &transcript);
+    assert!(transcript.contains("Breakpoint 1 at "), "{context}");
+    assert!(
+        !transcript.contains("Hardware assisted breakpoint"),
+        "a software breakpoint\n{context}"
+    );
+    assert!(
+        transcript.contains("Breakpoint 1, bump (i=i@entry=1)"),
+        "{context}"
+    );
+    assert!(
+        transcript.contains("Breakpoint 1, bump (i=i@entry=2)"),
+        "{context}"
+    );
+    let bp_pc = transcript
+        .lines()
+        .find_map(|l| l.strip_prefix("$1 = 0x"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or_else(|| panic!("no pc\n{context}"));
+    // Stopped on the breakpoint (gdb puts it after the prologue, if any).
+    assert!(bp_pc >= bump_addr && bp_pc < bump_addr + 16, "{context}");
+    // The int3 is hidden from memory reads, inserted or not.
+    let shown = format!("<bump>:\t{first:#04x}");
+    assert_eq!(transcript.matches(&shown).count(), 2, "{shown}\n{context}");
+    assert!(
+        transcript.contains("breakpoint already hit 2 times"),
+        "{context}"
+    );
+    assert!(transcript.contains("$2 = 1"), "restored to i=1\n{context}");
+    // The guest ran its own code to the end: the int3s are gone.
+    assert!(stdout.contains("watch: counter 0x33, sum 15"), "{context}");
+    assert!(transcript.contains("exited normally"), "{context}");
+    assert_eq!(code, Some(0), "{context}");
+}
+
+#[test]
+fn gdb_killed_or_sending_garbage_leaves_lunavm_waiting_for_the_next_gdb() {
+    require_kvm();
+    let (_dir, elf_path) = temp_file("spin.elf", &guest_elf("spin"));
+    let port = free_port();
+    let mut server = start_server(
+        &["--guest", "spin", "--cmdline", "ticks=1000000 hz=20"],
+        port,
+    );
+    // 1. A gdb that dies (SIGKILL) while the guest runs under `continue`.
+    let first = vec![
+        "set architecture i386:x86-64".to_string(),
+        format!("target remote 127.0.0.1:{port}"),
+        "continue".into(),
+    ];
+    let _ = run_gdb(&elf_path, &first, |pid| {
+        server.wait_for_line("gdb connected");
+        // Most likely running by now (if not, it dies stopped: as good).
+        std::thread::sleep(Duration::from_secs(2));
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    });
+    server.wait_for_line("waiting for gdb again");
+
+    // 2. A client that sends malformed packets, then hangs up.
+    {
+        use std::io::Write;
+        let mut raw = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        server.wait_for_line("gdb connected");
+        // Well-formed packets (right checksums) with malformed contents,
+        // then bytes that are no packet at all.
+        let bodies: &[&str] = &[
+            "qSupported:multiprocess+;swbreak+",
+            "m",
+            "mzz,yy",
+            "Z0,zz",
+            "Z2,0,ffffffffffffffffffff,1",
+            "p99999999999999999999999",
+            "M0,ffffffffffffffff:00",
+            "G00",
+            "vCont;z",
+            "qXfer:features:read:target.xml:zz,1",
+            "qRcmd,zz",
+        ];
+        for body in bodies {
+            let sum = body.bytes().fold(0u8, |a, b| a.wrapping_add(b));
+            let _ = raw.write_all(format!("${body}#{sum:02x}").as_bytes());
+        }
+        let _ = raw.write_all(b"\xff\xfe$$$###\x00}}}$zz#00");
+        let _ = raw.flush();
+        let mut sink = [0u8; 4096];
+        let _ = raw.set_read_timeout(Some(Duration::from_millis(500)));
+        let _ = raw.read(&mut sink);
+    }
+
+    // 3. A working gdb after both.
+    let last = vec![
+        "set architecture i386:x86-64".to_string(),
+        format!("target remote 127.0.0.1:{port}"),
+        "p/x $cr0".into(),
+        "stepi".into(),
+        "p 1 + 1".into(),
+        "detach".into(),
+    ];
+    let transcript = run_gdb(&elf_path, &last, |_| {});
+    // After the detach the guest spins on for a long time: end it.
+    server.wait_for_line("gdb detached; running on");
+    let _ = server.child.kill();
+    let (_code, _stdout, stderr) = finish_server(server);
+    let context = format!("gdb:\n{transcript}\nlunavm stderr:\n{stderr}");
+    eprintln!("{context}");
+    // Both the killed gdb and the garbage ended only their connection.
+    assert_eq!(
+        stderr.matches("gdb connection lost").count(),
+        2,
+        "{context}"
+    );
+    assert_eq!(
+        stderr.matches("waiting for gdb again").count(),
+        2,
+        "{context}"
+    );
+    assert!(transcript.contains("$1 = 0x"), "cr0 read\n{context}");
+    assert!(transcript.contains("$2 = 2"), "{context}");
+    assert!(!stderr.contains("panicked"), "{context}");
+}
+
+#[test]
+fn gdb_reverse_stepi_undoes_a_store() {
+    require_kvm();
+    let (_dir, elf_path) = temp_file("watch.elf", &guest_elf("watch"));
+    let port = free_port();
+    let server = start_server(&["--guest", "watch"], port);
+    let commands: Vec<String> = [
+        "set architecture i386:x86-64".to_string(),
+        format!("target remote 127.0.0.1:{port}"),
+        // No history yet: gdb is told so.
+        "reverse-stepi".into(),
+        "monitor record on".into(),
+        "watch watched.counter".into(),
+        "continue".into(),
+        "p watched.counter".into(),
+        "p/x $pc".into(),
+        "reverse-stepi".into(),
+        "p watched.counter".into(),
+        "p/x $pc".into(),
+        "x/i $pc".into(),
+        "reverse-stepi".into(),
+        "stepi".into(),
+        "stepi".into(),
+        "p watched.counter".into(),
+        "p/x $pc".into(),
+        "monitor record".into(),
+        "delete".into(),
+        "continue".into(),
+    ]
+    .into_iter()
+    .collect();
+    let transcript = run_gdb(&elf_path, &commands, |_| {});
+    let (code, stdout, stderr) = finish_server(server);
+    let context = format!("gdb:\n{transcript}\nlunavm stdout:\n{stdout}\nlunavm stderr:\n{stderr}");
+    eprintln!("{context}");
+    assert_transcript("gdb_reverse_stepi", &transcript);
+    assert!(
+        transcript.contains("No more reverse-execution history."),
+        "{context}"
+    );
+    assert!(transcript.contains("$1 = 17"), "after the store\n{context}");
+    assert!(transcript.contains("$3 = 0"), "store undone\n{context}");
+    assert!(
+        transcript.contains("$5 = 17"),
+        "store done again\n{context}"
+    );
+    let pc = |n: u32| {
+        transcript
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("${n} = 0x")))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or_else(|| panic!("no ${n}\n{context}"))
+    };
+    assert!(pc(4) < pc(2), "one instruction back\n{context}");
+    assert_eq!(pc(6), pc(2), "and forward again\n{context}");
+    assert!(transcript.contains("mov"), "the store\n{context}");
+    assert!(stdout.contains("watch: counter 0x33, sum 15"), "{context}");
+    assert_eq!(code, Some(0), "{context}");
+}
+
+#[test]
+fn gdb_reverse_continue_crosses_a_timer_interrupt_deterministically() {
+    require_kvm();
+    let args = ["--guest", "timer", "--cmdline", "hz=10000 work=3000 k=10"];
+    // The run without gdb, for comparison.
+    let plain = Command::new(lunavm_bin())
+        .args(["run", "-q"])
+        .args(args)
+        .output()
+        .expect("lunavm runs");
+    let plain_out = String::from_utf8_lossy(&plain.stdout).into_owned();
+    assert!(
+        plain_out.contains("timer: tick 2 at iteration"),
+        "{plain_out}"
+    );
+
+    let (_dir, elf_path) = temp_file("timer.elf", &guest_elf("timer"));
+    let port = free_port();
+    let server = start_server(&args, port);
+    let commands: Vec<String> = [
+        "set architecture i386:x86-64".to_string(),
+        format!("target remote 127.0.0.1:{port}"),
+        "monitor record on".into(),
+        "hbreak irq0_handler".into(),
+        "continue".into(),
+        "p ticks".into(),
+        "p/x $rsp".into(),
+        "continue".into(),
+        "p ticks".into(),
+        // Back across the guest's work between the ticks (thousands of
+        // instructions, port exits, the second interrupt's delivery).
+        "reverse-continue".into(),
+        "monitor record".into(),
+        "p ticks".into(),
+        "p/x $rsp".into(),
+        "continue".into(),
+        "p ticks".into(),
+        "reverse-continue".into(),
+        "reverse-continue".into(),
+        "p ticks".into(),
+        "delete".into(),
+        "continue".into(),
+    ]
+    .into_iter()
+    .collect();
+    let transcript = run_gdb(&elf_path, &commands, |_| {});
+    let (code, stdout, stderr) = finish_server(server);
+    let context = format!("gdb:\n{transcript}\nlunavm stdout:\n{stdout}\nlunavm stderr:\n{stderr}");
+    eprintln!("{context}");
+    assert_transcript("gdb_reverse_continue", &transcript);
+    assert!(transcript.contains("$1 = 0"), "{context}");
+    assert!(transcript.contains("$3 = 1"), "second tick\n{context}");
+    assert!(
+        transcript.contains("$4 = 0"),
+        "back at the first\n{context}"
+    );
+    let rsp = |n: u32| {
+        transcript
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("${n} = ")))
+            .unwrap_or_else(|| panic!("no ${n}\n{context}"))
+            .to_string()
+    };
+    assert_eq!(rsp(2), rsp(5), "the same state\n{context}");
+    assert!(transcript.contains("$6 = 1"), "forward again\n{context}");
+    assert!(
+        transcript.contains("No more reverse-execution history."),
+        "{context}"
+    );
+    assert!(transcript.contains("$7 = 0"), "{context}");
+    let replayed: u64 = transcript
+        .lines()
+        .find_map(|l| l.split("the last reverse operation replayed ").nth(1))
+        .and_then(|r| r.strip_suffix(" steps"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no replay count\n{context}"));
+    // The scan from the first tick to the second, then back to the first.
+    assert!(replayed >= 1000, "replayed {replayed} steps\n{context}");
+    // Going back and forth changed nothing the guest can see.
+    assert_eq!(stdout, plain_out, "{context}");
+    assert_eq!(code, plain.status.code(), "{context}");
+}
+
+#[test]
+fn gdb_served_from_a_lua_scenario_shares_its_lua_state() {
+    require_kvm();
+    let (dir, elf_path) = temp_file("watch.elf", &guest_elf("watch"));
+    let script = dir.path().join("serve.lua");
+    std::fs::write(
+        &script,
+        r#"vm.boot{guest = "watch"}
+local ev = vm.gdb{addr = arg[1]}
+print("lua: gdb ended: " .. ev.reason .. ", set from gdb: " .. tostring(from_gdb))
+ev = vm.run{}
+print("lua: run ended: " .. ev.reason .. " " .. ev.status)
+io.write(serial.output())
+"#,
+    )
+    .expect("write the scenario");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let script_path = script.to_string_lossy().into_owned();
+    let server = spawn_listening(&[&script_path, &addr]);
+    let commands: Vec<String> = [
+        "set architecture i386:x86-64".to_string(),
+        format!("target remote {addr}"),
+        "hbreak bump".into(),
+        "continue".into(),
+        "p i".into(),
+        // The scenario's own Lua state: it sees this after the detach.
+        "monitor lua from_gdb = cpu.get(\"rdi\")".into(),
+        "detach".into(),
+    ]
+    .into_iter()
+    .collect();
+    let transcript = run_gdb(&elf_path, &commands, |_| {});
+    let (code, stdout, stderr) = finish_server(server);
+    let context = format!("gdb:\n{transcript}\nlunavm stdout:\n{stdout}\nlunavm stderr:\n{stderr}");
+    eprintln!("{context}");
+    assert!(
+        transcript.contains("Breakpoint 1, bump (i=i@entry=1)"),
+        "{context}"
+    );
+    assert!(transcript.contains("$1 = 1"), "{context}");
+    assert!(
+        stdout.contains("lua: gdb ended: detached, set from gdb: 1\n"),
+        "{context}"
+    );
+    assert!(stdout.contains("watch: counter 0x33, sum 15"), "{context}");
+    assert!(stdout.contains("lua: run ended: exit 0"), "{context}");
+    assert_eq!(code, Some(0), "{context}");
+}
+
+#[test]
+fn gdb_stepi_blocks_interrupts_and_reverse_replays_the_same_way() {
+    require_kvm();
+    let args = ["--guest", "timer", "--cmdline", "hz=100000 work=2000 k=10"];
+    let plain = Command::new(lunavm_bin())
+        .args(["run", "-q"])
+        .args(args)
+        .output()
+        .expect("lunavm runs");
+    let (_dir, elf_path) = temp_file("timer.elf", &guest_elf("timer"));
+    let port = free_port();
+    let server = start_server(&args, port);
+    let commands: Vec<String> = [
+        "set architecture i386:x86-64".to_string(),
+        format!("target remote 127.0.0.1:{port}"),
+        "monitor record on".into(),
+        "hbreak irq0_handler".into(),
+        "continue".into(),
+        "p ticks".into(),
+        "monitor clock".into(),
+        // Long enough for the next tick to fall due (port exits move time).
+        "stepi 20000".into(),
+        "p ticks".into(),
+        "monitor clock".into(),
+        "p/x $pc".into(),
+        // Back through the steps, replayed with interrupts blocked as well.
+        "reverse-continue".into(),
+        "p ticks".into(),
+        "monitor record".into(),
+        "delete".into(),
+        "continue".into(),
+    ]
+    .into_iter()
+    .collect();
+    let transcript = run_gdb(&elf_path, &commands, |_| {});
+    let (code, stdout, stderr) = finish_server(server);
+    let context = format!("gdb:\n{transcript}\nlunavm stdout:\n{stdout}\nlunavm stderr:\n{stderr}");
+    eprintln!("{context}");
+    assert_eq!(
+        transcript.matches("Breakpoint 1, irq0_handler").count(),
+        2,
+        "no handler entered while stepping; back at the first hit\n{context}"
+    );
+    assert!(transcript.contains("$1 = 0"), "{context}");
+    assert!(
+        transcript.contains("$2 = 1"),
+        "the first tick only\n{context}"
+    );
+    let times: Vec<u64> = transcript
+        .lines()
+        .filter_map(|l| l.strip_prefix("virtual time"))
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect();
+    // The PIT ticks every 10 µs: more than that passed while stepping, yet
+    // no handler ran (the tick waited for the next continue).
+    assert_eq!(times.len(), 2, "{context}");
+    assert!(
+        times[1] - times[0] > 10_000,
+        "a tick fell due while stepping\n{context}"
+    );
+    assert!(
+        transcript.contains("$4 = 0"),
+        "back at the first hit\n{context}"
+    );
+    assert!(
+        transcript.contains("the last reverse operation replayed "),
+        "{context}"
+    );
+    // The stepping delayed a tick: the guest saw a different interleaving
+    // than a plain run, but it ran to its end.
+    assert!(stdout.contains("timer: ticks "), "{context}");
+    assert_eq!(code, plain.status.code(), "{context}");
 }

@@ -229,3 +229,55 @@ fn the_readme_example_is_the_shipped_example() {
         "README's Lua example differs from scripts/examples/readme_test.lua"
     );
 }
+
+/// The address of symbol `name` in built-in guest `guest`.
+fn guest_symbol(guest: &str, name: &str) -> u64 {
+    use object::{Object, ObjectSymbol};
+    let elf = common::guest_elf(guest);
+    let file = object::File::parse(&*elf).expect("guest ELF parses");
+    file.symbols()
+        .find(|s| s.name() == Ok(name))
+        .unwrap_or_else(|| panic!("no symbol {name}"))
+        .address()
+}
+
+#[test]
+fn hook_watch_sees_guest_kernel_writes_and_reads_and_goes_away() {
+    require_kvm();
+    // `watched` in the watch guest: counter at +0, input at +8.
+    let watched = guest_symbol("watch", "watched");
+    let script = r#"
+local base = tonumber(arg[1])
+vm.boot{guest = "watch", cmdline = "rounds=3"}
+local writes, reads = {}, 0
+local w = hook.watch{vaddr = base, size = 8, fn = function(ev)
+  writes[#writes + 1] = ev.value
+  t.eq(ev.write, true)
+end}
+local r = hook.watch{addr = base + 8, size = 8, on = "read", fn = function(ev)
+  reads = reads + 1
+  t.eq(ev.value, 5)
+end}
+local ev = vm.run{}
+t.eq(ev.reason, "exit")
+t.eq(#writes, 3)
+t.eq(writes[1], 0x11)
+t.eq(writes[3], 0x33)
+t.eq(reads, 3)
+w:remove()
+r:remove()
+-- The guest's own output: the completed accesses were right.
+assert(serial.output():find("watch: counter 0x33, sum 15", 1, true))
+print("hook.watch: ok")
+"#;
+    let (_dir, path) = temp_file("watch_hook.lua", script.as_bytes());
+    let path = path.to_string_lossy().into_owned();
+    let run = lunavm(&["run", &path, &watched.to_string()]);
+    assert!(
+        run.stdout.contains("hook.watch: ok"),
+        "{}{}",
+        run.stdout,
+        run.stderr
+    );
+    assert_eq!(run.code, Some(0), "{}{}", run.stdout, run.stderr);
+}

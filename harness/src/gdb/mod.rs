@@ -2,15 +2,21 @@
 //! connection with gdbstub's blocking event loop.
 //!
 //! What gdb gets:
-//! - registers: the general registers, RIP, EFLAGS, the segment selectors and
-//!   the x87/SSE state (`gdbstub_arch::x86::X86_64_SSE` has no FS/GS base
-//!   registers). Writes take effect; a segment-selector write changes only the
-//!   selector, not the cached base, limit or attributes.
+//! - registers: the general registers, RIP, EFLAGS, the segment selectors,
+//!   the x87/SSE state, `fs_base`, `gs_base`, `k_gs_base`, `cr0`, `cr2`,
+//!   `cr3`, `cr4`, `cr8` and `efer` (lunavm's own target description, see
+//!   [`arch`]). Writes take effect; a segment-selector write changes only the
+//!   selector, not the cached base, limit or attributes; a control-register
+//!   value KVM refuses gets an error reply.
 //! - memory by guest-virtual address through the vCPU's page tables; an
 //!   unmapped address gets an error reply.
-//! - continue, single step, Ctrl-C, and breakpoints. Both software (`Z0`) and
-//!   hardware (`Z1`) breakpoints are debug registers from the shared allocator
-//!   (at most four in all): no `int3` is ever written into guest memory.
+//! - continue, single step, Ctrl-C, and breakpoints: software breakpoints
+//!   (`Z0`, gdb's `break`) are `int3`s written into guest memory and hidden
+//!   from memory reads (`machine::swbp`); hardware breakpoints (`Z1`,
+//!   `hbreak`) are debug registers from the allocator shared with Lua (four).
+//! - watchpoints (`Z2`-`Z4`: `watch`, `rwatch`, `awatch`) are page watches
+//!   (`machine::watch`): they fire for guest kernel code too, where this
+//!   host's debug-register data breakpoints do not.
 //!
 //! - `monitor` commands (replies are text gdb prints; errors are text too and
 //!   never end the session):
@@ -21,6 +27,12 @@
 //!     FS/GS/kernel-GS base; `unreadable` when KVM refuses one), a line each.
 //!   - `monitor clock`: virtual time (ns and formatted), guest-caused exits
 //!     and the platform's next timer deadline.
+//!   - `monitor watches`: the page watches and the KVM memory slots.
+//!   - `monitor record on|off`, `monitor record`: checkpoints for
+//!     `reverse-stepi` and `reverse-continue` (see [`reverse`]).
+//!   - `monitor lua CODE`: runs CODE in a Lua state with the scenario API
+//!     bound to this machine (globals persist between commands); prints what
+//!     it printed and returned, or the error.
 //!   - `monitor snapshot take NAME`, `restore NAME`, `list`, `drop NAME`:
 //!     in-memory snapshots kept by this gdb session (gone when it ends).
 //!     `restore` replies with the pages copied; a snapshot taken at a
@@ -30,12 +42,16 @@
 //!     `maintenance flush register-cache` (alias `flushregs`) so gdb reads
 //!     the restored state.
 //!
-//! While the guest runs, a helper thread watches the socket (without reading
+//! While the guest runs on a continue (a single step needs none), a helper
+//! thread watches the socket (without reading
 //! it) and raises the run's interrupt flag when gdb sends anything (Ctrl-C);
 //! the machine then stops with [`StopReason::Interrupted`] and the byte is
 //! read by the event loop on this thread.
 
+pub mod arch;
+mod conn;
 mod monitor;
+pub mod reverse;
 mod target;
 
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
@@ -45,10 +61,13 @@ use std::time::Duration;
 
 use gdbstub::common::Signal;
 use gdbstub::conn::{Connection, ConnectionExt};
+
+use conn::GdbConn;
 use gdbstub::stub::{run_blocking, DisconnectReason, GdbStub, SingleThreadStopReason};
 use gdbstub::target::Target;
 
 use crate::machine::{Machine, MachineError, StopReason};
+use crate::script::Scenario;
 
 pub use target::GdbTarget;
 
@@ -67,6 +86,15 @@ pub enum GdbError {
     /// The machine failed while gdb drove it.
     #[error(transparent)]
     Machine(#[from] MachineError),
+    /// The Lua session behind `monitor lua` could not be set up.
+    #[error("Cannot set up the Lua session for gdb: {0}")]
+    Lua(crate::script::ScriptError),
+    /// Reverse execution failed (a replay diverged).
+    #[error(transparent)]
+    Reverse(#[from] reverse::ReverseError),
+    /// A `monitor lua` chunk left the session without a machine.
+    #[error("The Lua session has no machine any more")]
+    NoMachine,
 }
 
 /// How a gdb session ended.
@@ -74,19 +102,47 @@ pub enum GdbError {
 pub enum SessionEnd {
     /// The guest ended the run (or failed) while gdb drove it; gdb was told.
     Finished(StopReason),
-    /// gdb detached, killed the session, or the connection broke: the run
-    /// goes on without gdb.
+    /// gdb detached or killed the session: the run goes on without gdb.
     Detached,
 }
 
-/// Listens on `addr`, waits for one gdb connection and serves it until gdb
-/// detaches or the guest ends the run. The guest does not run before gdb
-/// connects (it is at its first instruction).
+/// How one gdb connection ended.
+enum ConnectionEnd {
+    /// As the session does.
+    Session(SessionEnd),
+    /// The connection broke (gdb died, or sent what the stub cannot parse):
+    /// the guest stays stopped and the next gdb may connect.
+    Lost,
+}
+
+/// Listens on `addr`, waits for a gdb connection and serves it until gdb
+/// detaches or the guest ends the run; when a connection breaks instead
+/// (gdb killed, malformed packets), waits for the next one with the guest
+/// stopped. The guest does not run before gdb connects (it is at its first
+/// instruction). Returns the machine (a `monitor lua` chunk may have
+/// replaced it) and how the session ended.
 pub fn serve(
-    machine: &mut Machine,
+    machine: Machine,
     addr: &str,
     qemu_exit_codes: bool,
-) -> Result<SessionEnd, GdbError> {
+) -> (Option<Machine>, Result<SessionEnd, GdbError>) {
+    let mut target = match GdbTarget::new(machine, qemu_exit_codes) {
+        Ok(t) => t,
+        Err(e) => return (None, Err(e)),
+    };
+    let result = serve_target(&mut target, addr);
+    (target.into_machine(), result)
+}
+
+/// Serves gdb on `addr` for the machine of a Lua session (a scenario's
+/// `vm.gdb`), as [`serve`] does; the machine stays in the session.
+pub fn serve_scenario(lua: Scenario, addr: &str) -> Result<SessionEnd, GdbError> {
+    let mut target = GdbTarget::with_scenario(lua, false);
+    serve_target(&mut target, addr)
+}
+
+/// Listens on `addr` and serves gdb connections to `target`.
+fn serve_target(target: &mut GdbTarget, addr: &str) -> Result<SessionEnd, GdbError> {
     let listen_err = |source| GdbError::Listen {
         addr: addr.to_string(),
         source,
@@ -97,48 +153,57 @@ pub fn serve(
         .local_addr()
         .map_or_else(|_| addr.to_string(), |a| a.to_string());
     eprintln!("lunavm: waiting for gdb on {shown}");
-    let (stream, peer) = listener.accept().map_err(listen_err)?;
-    drop(listener);
-    eprintln!("lunavm: gdb connected from {peer}");
-    // gdb's packets are small and interactive.
-    let _ = stream.set_nodelay(true);
-    serve_connection(machine, stream, qemu_exit_codes)
-}
-
-/// Serves one gdb connection.
-pub fn serve_connection(
-    machine: &mut Machine,
-    stream: TcpStream,
-    qemu_exit_codes: bool,
-) -> Result<SessionEnd, GdbError> {
-    let mut target = GdbTarget::new(machine, qemu_exit_codes);
-    let gdb = GdbStub::new(stream);
-    let result = gdb.run_blocking::<EventLoop>(&mut target);
-    let finished = target.finished.take();
-    // gdb's breakpoints do not outlive its session.
-    target
-        .machine
-        .remove_breakpoints(crate::machine::debug::Owner::Gdb)?;
-    match result {
-        Ok(DisconnectReason::TargetExited(_) | DisconnectReason::TargetTerminated(_)) => {
-            eprintln!("lunavm: gdb session ended with the guest");
-        }
-        Ok(DisconnectReason::Disconnect) => eprintln!("lunavm: gdb detached; running on"),
-        Ok(DisconnectReason::Kill) => eprintln!("lunavm: gdb sent kill; running on without it"),
-        Err(e) => {
-            if e.is_target_error() {
-                if let Some(err) = e.into_target_error() {
-                    return Err(err.into());
-                }
-            } else {
-                eprintln!("lunavm: gdb connection ended: {e}; running on");
+    loop {
+        let (stream, peer) = listener.accept().map_err(listen_err)?;
+        eprintln!("lunavm: gdb connected from {peer}");
+        // gdb's packets are small and interactive.
+        let _ = stream.set_nodelay(true);
+        match serve_connection(target, stream)? {
+            ConnectionEnd::Session(end) => return Ok(end),
+            ConnectionEnd::Lost => {
+                eprintln!("lunavm: waiting for gdb again on {shown} (the guest stays stopped)");
             }
         }
     }
-    Ok(match finished {
+}
+
+/// Serves one gdb connection.
+fn serve_connection(target: &mut GdbTarget, stream: TcpStream) -> Result<ConnectionEnd, GdbError> {
+    let gdb = GdbStub::new(GdbConn::new(stream));
+    let result = gdb.run_blocking::<EventLoop>(target);
+    // gdb's breakpoints and watchpoints do not outlive its session.
+    target.clear_debug_state()?;
+    let end = match result {
+        Ok(DisconnectReason::TargetExited(_) | DisconnectReason::TargetTerminated(_)) => {
+            eprintln!("lunavm: gdb session ended with the guest");
+            SessionEnd::Detached
+        }
+        Ok(DisconnectReason::Disconnect) => {
+            eprintln!("lunavm: gdb detached; running on");
+            SessionEnd::Detached
+        }
+        Ok(DisconnectReason::Kill) => {
+            eprintln!("lunavm: gdb sent kill; running on without it");
+            SessionEnd::Detached
+        }
+        Err(e) => {
+            if e.is_target_error() {
+                if let Some(err) = e.into_target_error() {
+                    return Err(err);
+                }
+                return Ok(ConnectionEnd::Lost);
+            }
+            eprintln!("lunavm: gdb connection lost: {e}");
+            if target.finished.is_none() {
+                return Ok(ConnectionEnd::Lost);
+            }
+            SessionEnd::Detached
+        }
+    };
+    Ok(ConnectionEnd::Session(match target.finished.take() {
         Some(stop) => SessionEnd::Finished(stop),
-        None => SessionEnd::Detached,
-    })
+        None => end,
+    }))
 }
 
 /// Raises `flag` when `stream` has data to read (or fails), without reading
@@ -169,36 +234,60 @@ fn watch_socket(stream: &TcpStream, flag: &AtomicBool, done: &AtomicBool) {
 const WATCH_TICK: Duration = Duration::from_millis(10);
 
 /// gdbstub's blocking event loop over the machine.
-struct EventLoop<'a>(std::marker::PhantomData<&'a mut Machine>);
+struct EventLoop;
 
-type WaitResult<'a> = Result<
+type WaitResult = Result<
     run_blocking::Event<SingleThreadStopReason<u64>>,
     run_blocking::WaitForStopReasonError<
-        <GdbTarget<'a> as Target>::Error,
-        <TcpStream as Connection>::Error,
+        <GdbTarget as Target>::Error,
+        <GdbConn as Connection>::Error,
     >,
 >;
 
-impl<'a> EventLoop<'a> {
+impl EventLoop {
     /// Runs the machine as the last resume asked, stopping when gdb sends a
     /// byte.
-    fn run_machine(target: &mut GdbTarget<'a>, conn: &mut TcpStream) -> WaitResult<'a> {
+    fn run_machine(target: &mut GdbTarget, conn: &mut GdbConn) -> WaitResult {
         use run_blocking::{Event, WaitForStopReasonError as E};
+        if target.reversing() {
+            return Ok(Event::TargetStopped(
+                target.run_reverse().map_err(E::Target)?,
+            ));
+        }
+        if target.stepping() {
+            // One instruction: it ends without gdb's help.
+            let stop = target.run(None).map_err(E::Target)?;
+            return match target.stop_reason(stop) {
+                Some(reason) => Ok(Event::TargetStopped(reason)),
+                None => Ok(Event::TargetStopped(SingleThreadStopReason::Signal(
+                    Signal::SIGINT,
+                ))),
+            };
+        }
+        if conn.has_buffered_input() {
+            // gdb already sent more (a Ctrl-C right after the continue).
+            let byte = conn.read().map_err(E::Connection)?;
+            return Ok(Event::IncomingData(byte));
+        }
         let flag = Arc::new(AtomicBool::new(false));
-        let done = AtomicBool::new(false);
-        let watcher = conn.try_clone().map_err(E::Connection)?;
+        let done = Arc::new(AtomicBool::new(false));
+        let watcher = conn.stream().try_clone().map_err(E::Connection)?;
         // The watcher peeks with a timeout (a socket option shared with
         // `conn`, which nobody reads while the guest runs); reset below.
         watcher
             .set_read_timeout(Some(WATCH_TICK))
             .map_err(E::Connection)?;
-        let stop = std::thread::scope(|s| {
-            s.spawn(|| watch_socket(&watcher, &flag, &done));
-            let stop = target.run(Some(flag.clone()));
-            done.store(true, Ordering::Release);
-            stop
-        });
-        conn.set_read_timeout(None).map_err(E::Connection)?;
+        // Not joined: it notices `done` within a tick, and the stop must not
+        // wait for that.
+        {
+            let (flag, done) = (flag.clone(), done.clone());
+            std::thread::spawn(move || watch_socket(&watcher, &flag, &done));
+        }
+        let stop = target.run(Some(flag));
+        done.store(true, Ordering::Release);
+        conn.stream()
+            .set_read_timeout(None)
+            .map_err(E::Connection)?;
         let stop = stop.map_err(E::Target)?;
         match target.stop_reason(stop) {
             Some(reason) => Ok(Event::TargetStopped(reason)),
@@ -211,15 +300,12 @@ impl<'a> EventLoop<'a> {
     }
 }
 
-impl<'a> run_blocking::BlockingEventLoop for EventLoop<'a> {
-    type Target = GdbTarget<'a>;
-    type Connection = TcpStream;
+impl run_blocking::BlockingEventLoop for EventLoop {
+    type Target = GdbTarget;
+    type Connection = GdbConn;
     type StopReason = SingleThreadStopReason<u64>;
 
-    fn wait_for_stop_reason(
-        target: &mut Self::Target,
-        conn: &mut Self::Connection,
-    ) -> WaitResult<'a> {
+    fn wait_for_stop_reason(target: &mut Self::Target, conn: &mut Self::Connection) -> WaitResult {
         Self::run_machine(target, conn)
     }
 

@@ -24,6 +24,11 @@ lunavm monitor commands:
   monitor snapshot restore NAME    restore snapshot NAME
   monitor snapshot list            list the snapshots of this gdb session
   monitor snapshot drop NAME       forget snapshot NAME
+  monitor watches                  the page watches (gdb's watchpoints) and the KVM memory slots
+  monitor record on|off            keep checkpoints for reverse-stepi and reverse-continue (off by default)
+  monitor record                   whether recording is on, and the checkpoints kept
+  monitor lua CODE                 run Lua against the stopped machine (the scenario API:
+                                   cpu, mem, vm, ...); prints what it printed and returned
 ";
 
 /// The MSRs `monitor regs` shows: index and name.
@@ -51,7 +56,7 @@ pub(super) struct SessionSnapshot {
 /// The named snapshots of one gdb session.
 pub(super) type Snapshots = BTreeMap<String, SessionSnapshot>;
 
-impl MonitorCmd for GdbTarget<'_> {
+impl MonitorCmd for GdbTarget {
     fn handle_monitor_cmd(
         &mut self,
         cmd: &[u8],
@@ -64,16 +69,45 @@ impl MonitorCmd for GdbTarget<'_> {
     }
 }
 
-impl GdbTarget<'_> {
+impl GdbTarget {
     /// Runs monitor command `cmd`; returns the text for gdb (ending in a
     /// newline).
     pub(super) fn monitor(&mut self, cmd: &str) -> String {
         let words: Vec<&str> = cmd.split_whitespace().collect();
-        let result = match words.as_slice() {
+        if words.first() == Some(&"lua") {
+            return self.lua_cmd(cmd.trim_start().trim_start_matches("lua"));
+        }
+        let result: Result<String, String> = match words.as_slice() {
             [] | ["help"] => Ok(HELP.to_string()),
-            ["regs"] => regs_text(self.machine),
-            ["clock"] => Ok(clock_text(self.machine)),
+            ["regs"] => self
+                .machine()
+                .map_err(|e| e.to_string())
+                .and_then(|m| regs_text(&m).map_err(|e| e.to_string())),
+            ["clock"] => self
+                .machine()
+                .map(|m| clock_text(&m))
+                .map_err(|e| e.to_string()),
             ["snapshot", rest @ ..] => Ok(self.snapshot_cmd(rest)),
+            ["watches"] => self
+                .machine()
+                .map(|m| watches_text(&m))
+                .map_err(|e| e.to_string()),
+            ["record"] => Ok(format!(
+                "recording {}; {} checkpoints kept ({} dropped for space); the last reverse operation replayed {} steps\n",
+                if self.recording { "on" } else { "off" },
+                self.history.len(),
+                self.history.dropped,
+                self.history.replayed
+            )),
+            ["record", "on"] => {
+                self.recording = true;
+                Ok("recording on: checkpoints from the next resume on, for reverse-stepi and reverse-continue\n".into())
+            }
+            ["record", "off"] => {
+                self.recording = false;
+                self.forget_history();
+                Ok("recording off; history dropped\n".into())
+            }
             _ => Ok(format!(
                 "error: unknown monitor command `{}`; try `monitor help`\n",
                 cmd.trim()
@@ -82,14 +116,37 @@ impl GdbTarget<'_> {
         result.unwrap_or_else(|e| format!("error: {e}\n"))
     }
 
+    /// `monitor lua CODE`: runs `code` in the session's Lua state (globals
+    /// persist from one command to the next).
+    fn lua_cmd(&mut self, code: &str) -> String {
+        let code = code.trim();
+        if code.is_empty() {
+            return "error: usage: monitor lua CODE (e.g. monitor lua cpu.get(\"rip\"))\n".into();
+        }
+        let text = self.lua.console("monitor lua", code);
+        // The chunk may have changed the machine behind the history.
+        self.forget_history();
+        // The chunk may have run or restored the machine: a stop reached
+        // earlier is no longer where the machine is.
+        self.finished = None;
+        if text.is_empty() {
+            "(no value)\n".into()
+        } else {
+            text
+        }
+    }
+
     /// `monitor snapshot ...`.
     fn snapshot_cmd(&mut self, args: &[&str]) -> String {
+        let Some(mut machine) = self.lua.machine_mut() else {
+            return format!("error: {}\n", super::GdbError::NoMachine);
+        };
         match args {
-            ["take", name] => match self.machine.take_snapshot() {
+            ["take", name] => match machine.take_snapshot() {
                 Ok(snap) => {
                     let entry = SessionSnapshot {
                         snap,
-                        at_breakpoint: self.machine.resume_over_breakpoint,
+                        at_breakpoint: machine.resume_over_breakpoint,
                     };
                     let replaced = self.snapshots.insert((*name).to_string(), entry).is_some();
                     let what = if replaced { " (replaced)" } else { "" };
@@ -101,13 +158,14 @@ impl GdbTarget<'_> {
                 let Some(entry) = self.snapshots.get(*name) else {
                     return no_snapshot(name);
                 };
-                match self.machine.restore_snapshot(&entry.snap) {
+                match machine.restore_snapshot(&entry.snap) {
                     Ok(stats) => {
                         // Stopped at a breakpoint as when it was taken: a
                         // continue must not stop at once on the same one.
-                        self.machine.resume_over_breakpoint = entry.at_breakpoint;
+                        machine.resume_over_breakpoint = entry.at_breakpoint;
                         // The restored machine has not ended its run.
                         self.finished = None;
+                        self.history.reset();
                         let kind = if stats.full { "full" } else { "dirty pages" };
                         format!(
                             "snapshot `{name}` restored: {} pages copied ({kind})\n",
@@ -233,6 +291,38 @@ fn system_regs(out: &mut String, s: &kvm_sregs) {
             t.base, t.limit
         );
     }
+}
+
+/// `monitor watches`: the watches and the memory slots they carved.
+fn watches_text(machine: &Machine) -> String {
+    let mut out = String::new();
+    let watches = machine.watches().list();
+    if watches.is_empty() {
+        out.push_str("no watches\n");
+    }
+    for w in watches {
+        let _ = writeln!(
+            out,
+            "watch {}: {:?} of {} bytes at physical {:#x} ({:?})",
+            w.id, w.kind, w.len, w.gpa, w.owner
+        );
+    }
+    for p in machine.memory_slots() {
+        let _ = writeln!(
+            out,
+            "slot {}: region {} pages {:#x}..{:#x} {}",
+            p.slot,
+            p.region,
+            p.first_page,
+            p.first_page + p.pages,
+            if p.readonly {
+                "read-only"
+            } else {
+                "read-write"
+            }
+        );
+    }
+    out
 }
 
 /// `monitor clock`: virtual time, guest-caused exits and the next timer

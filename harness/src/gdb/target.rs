@@ -6,25 +6,39 @@ use std::sync::Arc;
 
 use gdbstub::common::Signal;
 use gdbstub::stub::SingleThreadStopReason;
+use gdbstub::target::ext::base::reverse_exec::{
+    ReplayLogPosition, ReverseCont, ReverseContOps, ReverseStep, ReverseStepOps,
+};
 use gdbstub::target::ext::base::singlethread::{
     SingleThreadBase, SingleThreadResume, SingleThreadResumeOps, SingleThreadSingleStep,
     SingleThreadSingleStepOps,
 };
 use gdbstub::target::ext::base::BaseOps;
 use gdbstub::target::ext::breakpoints::{
-    Breakpoints, BreakpointsOps, HwBreakpoint, HwBreakpointOps, SwBreakpoint, SwBreakpointOps,
+    Breakpoints, BreakpointsOps, HwBreakpoint, HwBreakpointOps, HwWatchpoint, HwWatchpointOps,
+    SwBreakpoint, SwBreakpointOps, WatchKind,
 };
 use gdbstub::target::ext::monitor_cmd::MonitorCmdOps;
 use gdbstub::target::{Target, TargetError, TargetResult};
 use gdbstub_arch::x86::reg::X86_64CoreRegs;
-use gdbstub_arch::x86::X86_64_SSE;
 use kvm_bindings::{kvm_fpu, kvm_regs, kvm_sregs};
 
+use super::arch::{LunaRegs, LunaX86_64};
+use super::reverse::Landing;
+use super::GdbError;
 use crate::launch::exit_code_for;
 use crate::machine::debug::Owner;
+use crate::machine::watch::WatchKind as MachineWatchKind;
 use crate::machine::{Machine, MachineError, StopCondition, StopReason};
+use crate::script::{Scenario, ScenarioOptions};
 use crate::vm::access;
 use crate::vm::regs::paging_regs;
+
+/// IA32_KERNEL_GS_BASE, the MSR behind gdb's `k_gs_base`.
+const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
+
+/// EINVAL: the error number of a register write KVM refused.
+const EINVAL: u8 = 22;
 
 /// EFAULT: the error number of a memory access to an unmapped address.
 const EFAULT: u8 = 14;
@@ -36,35 +50,82 @@ enum Resume {
     Continue,
     /// Run one instruction.
     Step,
+    /// Go back one instruction.
+    ReverseStep,
+    /// Go back to the last breakpoint.
+    ReverseContinue,
 }
 
-/// A machine as gdb sees it: one thread, x86-64 with SSE.
-pub struct GdbTarget<'a> {
-    /// The machine.
-    pub(super) machine: &'a mut Machine,
+/// A machine as gdb sees it: one thread, x86-64 with SSE and the system
+/// registers. The machine lives in a Lua session (for `monitor lua`).
+pub struct GdbTarget {
+    /// The Lua session that holds the machine.
+    pub(super) lua: Scenario,
     /// Map debug-exit values the way QEMU does (for the exit status gdb sees).
     qemu_exit_codes: bool,
     /// What the last resume request asked for.
     resume: Resume,
-    /// Addresses of gdb's software breakpoints (debug registers too).
-    sw_breakpoints: Vec<u64>,
+    /// gdb's watchpoints: (address, length, kind, the machine's watch ids).
+    watchpoints: Vec<(u64, u64, WatchKind, Vec<u64>)>,
+    /// Checkpoints for reverse execution (`monitor record on`).
+    pub(super) history: super::reverse::History,
+    /// Whether checkpoints are taken.
+    pub(super) recording: bool,
     /// The stop that ended the run while gdb was attached.
     pub(super) finished: Option<StopReason>,
     /// The session's named snapshots (`monitor snapshot ...`).
     pub(super) snapshots: super::monitor::Snapshots,
 }
 
-impl<'a> GdbTarget<'a> {
-    /// A target over `machine`.
-    pub fn new(machine: &'a mut Machine, qemu_exit_codes: bool) -> Self {
+impl GdbTarget {
+    /// A target over `machine`, held by a fresh Lua session.
+    pub fn new(machine: Machine, qemu_exit_codes: bool) -> Result<Self, GdbError> {
+        let opts = ScenarioOptions {
+            seed: machine.config().seed,
+            ..ScenarioOptions::default()
+        };
+        let lua = Scenario::new(&opts).map_err(GdbError::Lua)?;
+        lua.set_machine(machine);
+        Ok(Self::with_scenario(lua, qemu_exit_codes))
+    }
+
+    /// A target over the machine of an existing Lua session.
+    pub fn with_scenario(lua: Scenario, qemu_exit_codes: bool) -> Self {
         GdbTarget {
-            machine,
+            lua,
             qemu_exit_codes,
             resume: Resume::Continue,
-            sw_breakpoints: Vec::new(),
+            watchpoints: Vec::new(),
+            history: super::reverse::History::default(),
+            recording: false,
             finished: None,
             snapshots: super::monitor::Snapshots::new(),
         }
+    }
+
+    /// The machine (borrowed from the Lua session).
+    pub(super) fn machine(&self) -> Result<std::cell::RefMut<'_, Machine>, GdbError> {
+        self.lua.machine_mut().ok_or(GdbError::NoMachine)
+    }
+
+    /// Removes gdb's breakpoints and watchpoints from the machine.
+    pub(super) fn clear_debug_state(&mut self) -> Result<(), GdbError> {
+        self.watchpoints.clear();
+        let mut m = self.machine()?;
+        m.remove_breakpoints(Owner::Gdb)?;
+        m.remove_sw_breakpoints(Owner::Gdb)?;
+        m.remove_watches(Owner::Gdb)?;
+        Ok(())
+    }
+
+    /// Takes the machine back from the Lua session.
+    pub(super) fn into_machine(self) -> Option<Machine> {
+        self.lua.take_machine()
+    }
+
+    /// Whether the last resume request was a single step.
+    pub(super) fn stepping(&self) -> bool {
+        self.resume == Resume::Step
     }
 
     /// Runs the machine as the last resume request asked, until a stop or
@@ -72,16 +133,67 @@ impl<'a> GdbTarget<'a> {
     pub(super) fn run(
         &mut self,
         interrupt: Option<Arc<AtomicBool>>,
-    ) -> Result<StopReason, MachineError> {
+    ) -> Result<StopReason, GdbError> {
         if let Some(stop) = &self.finished {
             return Ok(stop.clone());
         }
+        let stepping = self.resume == Resume::Step;
         let cond = StopCondition {
-            single_step: self.resume == Resume::Step,
+            single_step: stepping,
+            // gdb's stepi never lands in an interrupt handler.
+            block_interrupts: stepping,
             interrupt,
             ..StopCondition::default()
         };
-        self.machine.run(&cond)
+        let mut m = self.lua.machine_mut().ok_or(GdbError::NoMachine)?;
+        if self.recording {
+            self.history.before_forward(&mut m, stepping)?;
+        }
+        let stop = m.run(&cond)?;
+        if self.recording {
+            self.history.after_forward(stepping);
+        }
+        Ok(stop)
+    }
+
+    /// Whether the last resume request was a reverse one.
+    pub(super) fn reversing(&self) -> bool {
+        matches!(self.resume, Resume::ReverseStep | Resume::ReverseContinue)
+    }
+
+    /// Carries out a reverse resume request; the stop gdb gets.
+    pub(super) fn run_reverse(&mut self) -> Result<SingleThreadStopReason<u64>, GdbError> {
+        let begin = SingleThreadStopReason::ReplayLog {
+            tid: None,
+            pos: ReplayLogPosition::Begin,
+        };
+        if self.finished.is_some() || self.history.is_empty() {
+            // No history (recording off, or nothing run yet).
+            return Ok(begin);
+        }
+        let step = self.resume == Resume::ReverseStep;
+        let mut m = self.lua.machine_mut().ok_or(GdbError::NoMachine)?;
+        let landing = if step {
+            self.history.reverse_step(&mut m)?
+        } else {
+            self.history.reverse_continue(&mut m)?
+        };
+        Ok(match landing {
+            Landing::Stepped => SingleThreadStopReason::DoneStep,
+            Landing::Begin => begin,
+            Landing::Breakpoint(addr) => {
+                if m.sw_breakpoints().held_by(addr, Owner::Gdb) {
+                    SingleThreadStopReason::SwBreak(())
+                } else {
+                    SingleThreadStopReason::HwBreak(())
+                }
+            }
+        })
+    }
+
+    /// The machine changed behind the history (gdb or Lua wrote to it).
+    pub(super) fn forget_history(&mut self) {
+        self.history.reset();
     }
 
     /// The stop reason gdb gets for a machine stop; None for an interrupt
@@ -91,14 +203,26 @@ impl<'a> GdbTarget<'a> {
         let reason = match &stop {
             StopReason::Interrupted => return None,
             StopReason::Stepped { .. } => SingleThreadStopReason::DoneStep,
+            StopReason::Watch { hit } => {
+                match self.watchpoints.iter().find(|w| w.3.contains(&hit.id)) {
+                    Some(&(addr, _, kind, _)) => SingleThreadStopReason::Watch {
+                        tid: (),
+                        kind,
+                        addr,
+                    },
+                    // Another front end's watch.
+                    None => SingleThreadStopReason::Signal(Signal::SIGTRAP),
+                }
+            }
             StopReason::Breakpoint { addr } => {
-                if self.sw_breakpoints.contains(addr) {
+                if self
+                    .machine()
+                    .is_ok_and(|m| m.sw_breakpoints().held_by(*addr, Owner::Gdb))
+                {
                     SingleThreadStopReason::SwBreak(())
                 } else if self
-                    .machine
-                    .debug_regs()
-                    .owners_at(*addr)
-                    .any(|o| o == Owner::Gdb)
+                    .machine()
+                    .is_ok_and(|m| m.debug_regs().owners_at(*addr).any(|o| o == Owner::Gdb))
                 {
                     SingleThreadStopReason::HwBreak(())
                 } else {
@@ -140,8 +264,8 @@ impl<'a> GdbTarget<'a> {
 }
 
 /// A machine error as a fatal target error (ends the gdb session).
-fn fatal(e: MachineError) -> TargetError<MachineError> {
-    TargetError::Fatal(e)
+fn fatal(e: impl Into<GdbError>) -> TargetError<GdbError> {
+    TargetError::Fatal(e.into())
 }
 
 /// The low 32 bits of `v` (gdb's registers are narrower than KVM's fields).
@@ -274,9 +398,29 @@ fn fpu_differs(a: &kvm_fpu, b: &kvm_fpu) -> bool {
         || a.mxcsr != b.mxcsr
 }
 
-impl Target for GdbTarget<'_> {
-    type Arch = X86_64_SSE;
-    type Error = MachineError;
+/// The system registers in gdb's order (see `arch::SYSTEM_REGS`).
+fn system_to_gdb(s: &kvm_sregs, k_gs_base: u64) -> [u64; 9] {
+    [
+        s.fs.base, s.gs.base, k_gs_base, s.cr0, s.cr2, s.cr3, s.cr4, s.cr8, s.efer,
+    ]
+}
+
+/// KVM's special registers with gdb's system registers (but `k_gs_base`).
+fn system_from_gdb(system: &[u64; 9], s: &mut kvm_sregs) {
+    let [fs_base, gs_base, _k_gs_base, cr0, cr2, cr3, cr4, cr8, efer] = *system;
+    s.fs.base = fs_base;
+    s.gs.base = gs_base;
+    s.cr0 = cr0;
+    s.cr2 = cr2;
+    s.cr3 = cr3;
+    s.cr4 = cr4;
+    s.cr8 = cr8;
+    s.efer = efer;
+}
+
+impl Target for GdbTarget {
+    type Arch = LunaX86_64;
+    type Error = GdbError;
 
     fn base_ops(&mut self) -> BaseOps<'_, Self::Arch, Self::Error> {
         BaseOps::SingleThread(self)
@@ -291,57 +435,80 @@ impl Target for GdbTarget<'_> {
     }
 }
 
-impl SingleThreadBase for GdbTarget<'_> {
-    fn read_registers(&mut self, regs: &mut X86_64CoreRegs) -> TargetResult<(), Self> {
-        let r = self.machine.regs().map_err(fatal)?;
-        let s = self.machine.sregs().map_err(fatal)?;
-        let f = self.machine.fpu().map_err(fatal)?;
-        to_gdb(regs, &r, &s, &f);
+impl SingleThreadBase for GdbTarget {
+    fn read_registers(&mut self, regs: &mut LunaRegs) -> TargetResult<(), Self> {
+        let m = self.machine().map_err(fatal)?;
+        let r = m.regs().map_err(fatal)?;
+        let s = m.sregs().map_err(fatal)?;
+        let f = m.fpu().map_err(fatal)?;
+        to_gdb(&mut regs.core, &r, &s, &f);
+        // Shown as 0 when KVM does not let the MSR be read.
+        let k_gs_base = m.rdmsr(MSR_KERNEL_GS_BASE).unwrap_or(0);
+        regs.system = system_to_gdb(&s, k_gs_base);
         Ok(())
     }
 
-    fn write_registers(&mut self, regs: &X86_64CoreRegs) -> TargetResult<(), Self> {
-        let old_r = self.machine.regs().map_err(fatal)?;
-        let new_r = gprs_from_gdb(regs, &old_r);
+    fn write_registers(&mut self, regs: &LunaRegs) -> TargetResult<(), Self> {
+        let mut current = LunaRegs::default();
+        self.read_registers(&mut current)?;
+        if current != *regs {
+            self.forget_history();
+        }
+        let mut m = self.machine().map_err(fatal)?;
+        let old_r = m.regs().map_err(fatal)?;
+        let new_r = gprs_from_gdb(&regs.core, &old_r);
         if new_r != old_r {
-            self.machine.set_regs(&new_r).map_err(fatal)?;
+            m.set_regs(&new_r).map_err(fatal)?;
         }
-        let old_s = self.machine.sregs().map_err(fatal)?;
-        let new_s = sregs_from_gdb(regs, &old_s);
+        let old_s = m.sregs().map_err(fatal)?;
+        let mut new_s = sregs_from_gdb(&regs.core, &old_s);
+        system_from_gdb(&regs.system, &mut new_s);
         if new_s != old_s {
-            self.machine.set_sregs(&new_s).map_err(fatal)?;
+            // KVM refuses inconsistent control registers: an error reply.
+            m.set_sregs(&new_s)
+                .map_err(|_| TargetError::Errno(EINVAL))?;
         }
-        let old_f = self.machine.fpu().map_err(fatal)?;
-        let new_f = fpu_from_gdb(regs, &old_f);
+        let k_gs_base = regs.system("k_gs_base").unwrap_or(0);
+        if m.rdmsr(MSR_KERNEL_GS_BASE).is_ok_and(|v| v != k_gs_base) {
+            m.wrmsr(MSR_KERNEL_GS_BASE, k_gs_base)
+                .map_err(|_| TargetError::Errno(EINVAL))?;
+        }
+        let old_f = m.fpu().map_err(fatal)?;
+        let new_f = fpu_from_gdb(&regs.core, &old_f);
         if fpu_differs(&new_f, &old_f) {
-            self.machine.set_fpu(&new_f).map_err(fatal)?;
+            m.set_fpu(&new_f).map_err(fatal)?;
         }
         Ok(())
     }
 
     fn read_addrs(&mut self, start_addr: u64, data: &mut [u8]) -> TargetResult<usize, Self> {
-        let sregs = self.machine.sregs().map_err(fatal)?;
+        let m = self.machine().map_err(fatal)?;
+        let sregs = m.sregs().map_err(fatal)?;
         let paging = paging_regs(&sregs);
-        let mem = self.machine.memory();
-        if access::read_virt(mem, &paging, start_addr, data).is_ok() {
-            return Ok(data.len());
-        }
-        // Part of the range is unmapped: return what is readable, or an error.
-        match access::read_virt_prefix(mem, &paging, start_addr, data) {
-            0 => Err(TargetError::Errno(EFAULT)),
-            n => Ok(n),
-        }
+        let mem = m.memory();
+        let n = if access::read_virt(mem, &paging, start_addr, data).is_ok() {
+            data.len()
+        } else {
+            // Part of the range is unmapped: return what is readable, or an
+            // error.
+            match access::read_virt_prefix(mem, &paging, start_addr, data) {
+                0 => return Err(TargetError::Errno(EFAULT)),
+                n => n,
+            }
+        };
+        m.hide_sw_breakpoints(start_addr, &mut data[..n]);
+        Ok(n)
     }
 
     fn write_addrs(&mut self, start_addr: u64, data: &[u8]) -> TargetResult<(), Self> {
-        let sregs = self.machine.sregs().map_err(fatal)?;
-        access::write_virt(
-            self.machine.memory(),
-            &paging_regs(&sregs),
-            start_addr,
-            data,
-        )
-        .map_err(|_| TargetError::Errno(EFAULT))
+        self.forget_history();
+        let mut m = self.machine().map_err(fatal)?;
+        let sregs = m.sregs().map_err(fatal)?;
+        access::write_virt(m.memory(), &paging_regs(&sregs), start_addr, data)
+            .map_err(|_| TargetError::Errno(EFAULT))?;
+        // Bytes written under a software breakpoint are what it hides now.
+        m.rewrite_sw_breakpoints(start_addr, data.len());
+        Ok(())
     }
 
     fn support_resume(&mut self) -> Option<SingleThreadResumeOps<'_, Self>> {
@@ -349,7 +516,7 @@ impl SingleThreadBase for GdbTarget<'_> {
     }
 }
 
-impl SingleThreadResume for GdbTarget<'_> {
+impl SingleThreadResume for GdbTarget {
     fn resume(&mut self, _signal: Option<Signal>) -> Result<(), Self::Error> {
         // Signals have no meaning for a guest kernel: they are dropped.
         self.resume = Resume::Continue;
@@ -359,19 +526,42 @@ impl SingleThreadResume for GdbTarget<'_> {
     fn support_single_step(&mut self) -> Option<SingleThreadSingleStepOps<'_, Self>> {
         Some(self)
     }
+
+    fn support_reverse_step(&mut self) -> Option<ReverseStepOps<'_, (), Self>> {
+        Some(self)
+    }
+
+    fn support_reverse_cont(&mut self) -> Option<ReverseContOps<'_, (), Self>> {
+        Some(self)
+    }
 }
 
-impl SingleThreadSingleStep for GdbTarget<'_> {
+impl ReverseStep<()> for GdbTarget {
+    fn reverse_step(&mut self, _tid: ()) -> Result<(), Self::Error> {
+        self.resume = Resume::ReverseStep;
+        Ok(())
+    }
+}
+
+impl ReverseCont<()> for GdbTarget {
+    fn reverse_cont(&mut self) -> Result<(), Self::Error> {
+        self.resume = Resume::ReverseContinue;
+        Ok(())
+    }
+}
+
+impl SingleThreadSingleStep for GdbTarget {
     fn step(&mut self, _signal: Option<Signal>) -> Result<(), Self::Error> {
         self.resume = Resume::Step;
         Ok(())
     }
 }
 
-impl GdbTarget<'_> {
+impl GdbTarget {
     /// Takes a debug register for a gdb breakpoint; false when all are taken.
     fn add_debug_breakpoint(&mut self, addr: u64) -> TargetResult<bool, Self> {
-        match self.machine.add_breakpoint(addr, Owner::Gdb) {
+        let mut m = self.machine().map_err(fatal)?;
+        match m.add_breakpoint(addr, Owner::Gdb) {
             Ok(_) => Ok(true),
             Err(MachineError::DebugRegs(_)) => Ok(false),
             Err(e) => Err(fatal(e)),
@@ -379,7 +569,7 @@ impl GdbTarget<'_> {
     }
 }
 
-impl Breakpoints for GdbTarget<'_> {
+impl Breakpoints for GdbTarget {
     fn support_sw_breakpoint(&mut self) -> Option<SwBreakpointOps<'_, Self>> {
         Some(self)
     }
@@ -387,38 +577,104 @@ impl Breakpoints for GdbTarget<'_> {
     fn support_hw_breakpoint(&mut self) -> Option<HwBreakpointOps<'_, Self>> {
         Some(self)
     }
+
+    fn support_hw_watchpoint(&mut self) -> Option<HwWatchpointOps<'_, Self>> {
+        Some(self)
+    }
 }
 
-/// Software breakpoints are debug registers too: writing `int3` into guest
-/// memory would change what the guest reads, and KVM's instruction emulator
-/// cannot run `int3` on every host.
-impl SwBreakpoint for GdbTarget<'_> {
-    fn add_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
-        let added = self.add_debug_breakpoint(addr)?;
-        if added {
-            self.sw_breakpoints.push(addr);
+/// Watchpoints are page watches (`machine::watch`): the debug registers'
+/// data breakpoints do not fire for guest kernel code on every host. The
+/// watched range is translated through the page tables when gdb sets it.
+impl HwWatchpoint for GdbTarget {
+    fn add_hw_watchpoint(
+        &mut self,
+        addr: u64,
+        len: u64,
+        kind: WatchKind,
+    ) -> TargetResult<bool, Self> {
+        let machine_kind = match kind {
+            WatchKind::Write => MachineWatchKind::Write,
+            WatchKind::Read => MachineWatchKind::Read,
+            WatchKind::ReadWrite => MachineWatchKind::Access,
+        };
+        let mut m = self.machine().map_err(fatal)?;
+        let sregs = m.sregs().map_err(fatal)?;
+        let Ok(n) = usize::try_from(len) else {
+            return Ok(false);
+        };
+        let Ok(ranges) = access::phys_ranges(m.memory(), &paging_regs(&sregs), addr, n) else {
+            // Unmapped: gdb reports that it cannot set the watchpoint.
+            return Ok(false);
+        };
+        let mut ids = Vec::new();
+        for (gpa, l) in ranges {
+            match m.add_watch(gpa, l, machine_kind, Owner::Gdb) {
+                Ok(id) => ids.push(id),
+                Err(_) => {
+                    for id in ids {
+                        m.remove_watch(id).map_err(fatal)?;
+                    }
+                    return Ok(false);
+                }
+            }
         }
-        Ok(added)
+        drop(m);
+        self.watchpoints.push((addr, len, kind, ids));
+        Ok(true)
+    }
+
+    fn remove_hw_watchpoint(
+        &mut self,
+        addr: u64,
+        len: u64,
+        kind: WatchKind,
+    ) -> TargetResult<bool, Self> {
+        let Some(i) = self
+            .watchpoints
+            .iter()
+            .position(|w| w.0 == addr && w.1 == len && w.2 == kind)
+        else {
+            return Ok(false);
+        };
+        let (_, _, _, ids) = self.watchpoints.swap_remove(i);
+        let mut m = self.machine().map_err(fatal)?;
+        for id in ids {
+            m.remove_watch(id).map_err(fatal)?;
+        }
+        Ok(true)
+    }
+}
+
+/// Software breakpoints are `int3`s written into guest memory
+/// (`machine::swbp`), hidden from gdb's memory reads.
+impl SwBreakpoint for GdbTarget {
+    fn add_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        let mut m = self.machine().map_err(fatal)?;
+        match m.add_sw_breakpoint(addr, Owner::Gdb) {
+            Ok(()) => Ok(true),
+            // Unmapped: gdb reports that it cannot insert the breakpoint.
+            Err(MachineError::SwBreakpoint(_)) => Err(TargetError::Errno(EFAULT)),
+            Err(e) => Err(fatal(e)),
+        }
     }
 
     fn remove_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
-        let Some(i) = self.sw_breakpoints.iter().position(|a| *a == addr) else {
-            return Ok(false);
-        };
-        self.sw_breakpoints.swap_remove(i);
-        self.machine
-            .remove_breakpoint(addr, Owner::Gdb)
+        self.machine()
+            .map_err(fatal)?
+            .remove_sw_breakpoint(addr, Owner::Gdb)
             .map_err(fatal)
     }
 }
 
-impl HwBreakpoint for GdbTarget<'_> {
+impl HwBreakpoint for GdbTarget {
     fn add_hw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
         self.add_debug_breakpoint(addr)
     }
 
     fn remove_hw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
-        self.machine
+        self.machine()
+            .map_err(fatal)?
             .remove_breakpoint(addr, Owner::Gdb)
             .map_err(fatal)
     }

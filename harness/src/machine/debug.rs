@@ -1,8 +1,9 @@
 //! Execution breakpoints through the debug registers, from one allocator shared
-//! by every front end (scripts now, gdb later).
+//! by every front end (scripts, gdb).
 
 use kvm_bindings::{
     kvm_guest_debug, KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP,
+    KVM_GUESTDBG_USE_SW_BP,
 };
 
 use super::{Machine, MachineError};
@@ -83,6 +84,15 @@ impl DebugRegs {
             .map(|(_, o)| *o)
     }
 
+    /// The addresses `owner` holds breakpoints at.
+    pub fn addresses(&self, owner: Owner) -> impl Iterator<Item = u64> + '_ {
+        self.slots
+            .iter()
+            .flatten()
+            .filter(move |(_, o)| *o == owner)
+            .map(|(a, _)| *a)
+    }
+
     /// The KVM_SET_GUEST_DEBUG argument for the current slots.
     fn guest_debug(&self) -> kvm_guest_debug {
         let mut dbg = kvm_guest_debug::default();
@@ -135,7 +145,9 @@ impl Machine {
     /// Arms a single step with every breakpoint off, to step over the
     /// instruction a breakpoint stopped at (RFLAGS.RF is not honoured by every
     /// KVM). The next exit, whatever it is, re-arms the breakpoints.
+    /// Software breakpoints are lifted from memory for the step.
     pub(crate) fn arm_step_over(&mut self) -> Result<(), MachineError> {
+        self.lift_sw_breakpoints();
         let dbg = kvm_guest_debug {
             control: KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP,
             ..Default::default()
@@ -152,11 +164,17 @@ impl Machine {
 
     /// Puts the breakpoints back after a step over.
     pub(crate) fn disarm_step_over(&mut self) -> Result<(), MachineError> {
+        self.insert_sw_breakpoints();
         self.apply_debug_regs()
     }
 
-    fn apply_debug_regs(&mut self) -> Result<(), MachineError> {
-        let dbg = self.debug_regs.guest_debug();
+    /// Hands the breakpoints to KVM (#BP exits too while software
+    /// breakpoints are set).
+    pub(crate) fn apply_debug_regs(&mut self) -> Result<(), MachineError> {
+        let mut dbg = self.debug_regs.guest_debug();
+        if !self.sw_breakpoints.list().is_empty() {
+            dbg.control |= KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_SW_BP;
+        }
         for vcpu in &self.vcpus {
             vcpu.set_guest_debug(&dbg)
                 .map_err(|source| MachineError::Kvm {

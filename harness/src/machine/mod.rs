@@ -10,8 +10,10 @@ pub mod platform;
 mod run;
 pub mod stats;
 pub mod stop;
+pub mod swbp;
 pub mod trace;
 pub mod virtio;
+pub mod watch;
 
 use std::sync::{Arc, Mutex};
 
@@ -155,6 +157,12 @@ pub enum MachineError {
     /// The debug registers are all taken.
     #[error(transparent)]
     DebugRegs(#[from] debug::DebugRegError),
+    /// A software breakpoint could not be set.
+    #[error(transparent)]
+    SwBreakpoint(#[from] swbp::SwBreakpointError),
+    /// A watch could not be set or removed.
+    #[error(transparent)]
+    Watch(#[from] watch::WatchError),
     /// KVM refused an interrupt.
     #[error("KVM refused to inject interrupt vector {0:#x}")]
     Inject(u8, #[source] std::io::Error),
@@ -190,6 +198,10 @@ pub struct Machine {
     pub(crate) kernel: Option<LoadedKernel>,
     pub(crate) intercepts: intercept::Intercepts,
     pub(crate) debug_regs: debug::DebugRegs,
+    /// Data watches on carved pages.
+    pub(crate) watches: watch::Watches,
+    /// `int3` breakpoints written into guest memory.
+    pub(crate) sw_breakpoints: swbp::SwBreakpoints,
     /// The last stop was a breakpoint: step over its instruction (with the
     /// breakpoints off) before running on.
     pub(crate) resume_over_breakpoint: bool,
@@ -216,6 +228,8 @@ pub struct Machine {
     pub(crate) irq_edges: std::sync::Arc<crate::devices::irq::IrqEdges>,
     /// Virtual time as devices see it (pcap timestamps).
     pub(crate) device_clock: std::sync::Arc<crate::devices::virtio::pcap::DeviceClock>,
+    /// The current run call injects no interrupts.
+    pub(crate) block_interrupts: bool,
 }
 
 /// The current vCPU's registers as last read or written, until it runs again.
@@ -306,6 +320,8 @@ impl Machine {
             kernel: None,
             intercepts: intercept::Intercepts::default(),
             debug_regs: debug::DebugRegs::default(),
+            watches: watch::Watches::default(),
+            sw_breakpoints: swbp::SwBreakpoints::default(),
             resume_over_breakpoint: false,
             step_over_armed: false,
             reg_cache: RegCache::default(),
@@ -318,6 +334,7 @@ impl Machine {
             virtio,
             irq_edges,
             device_clock,
+            block_interrupts: false,
         })
     }
 

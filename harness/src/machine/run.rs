@@ -36,12 +36,22 @@ enum Pending {
     Emulation,
     Debug {
         pc: u64,
+        exception: u32,
     },
     Internal(u32),
     FailEntry(u64),
     Kicked,
+    /// A guest access to a watched page, completed (the harness's exit).
+    Watched {
+        write: bool,
+    },
     Unexpected(String),
 }
+
+/// The #BP exception vector, as KVM reports it in a debug exit.
+const BP_VECTOR: u32 = 3;
+/// The #BP exception vector, for injection.
+const BP_VECTOR_U8: u8 = 3;
 
 /// The stop a device event causes.
 fn device_stop(event: DeviceEvent) -> StopReason {
@@ -108,6 +118,14 @@ impl Machine {
         if self.platform.next_deadline().is_some_and(|d| d <= now) {
             self.platform.sync(now);
         }
+        // The single step that completes a watched access must run that
+        // instruction, not an interrupt handler; so must a debugger's step.
+        if self.watches.pending.is_some() || self.block_interrupts {
+            self.vcpus[self.current]
+                .get_kvm_run()
+                .request_interrupt_window = 0;
+            return Ok(());
+        }
         let pending = self.platform.pending();
         let vcpu = &mut self.vcpus[self.current];
         let run = vcpu.get_kvm_run();
@@ -169,6 +187,7 @@ impl Machine {
         let start_exits = self.clock.guest_exits();
         let start_ns = self.clock.now_ns();
         self.run_time_limit = cond.max_time_ns.map(|m| start_ns.saturating_add(m));
+        self.block_interrupts = cond.block_interrupts;
         if let Some(stop) = self.check_serial(cond) {
             return Ok(stop);
         }
@@ -253,6 +272,26 @@ impl Machine {
                         Pending::None
                     }
                 }
+                Ok(VcpuExit::MmioRead(addr, data))
+                    if self.vm.slots.any_carved() && self.vm.slots.mode(addr).is_some() =>
+                {
+                    self.watches
+                        .complete_access(&self.vm.slots, &self.vm.mem, addr, data, false);
+                    Pending::Watched { write: false }
+                }
+                Ok(VcpuExit::MmioWrite(addr, data))
+                    if self.vm.slots.any_carved() && self.vm.slots.mode(addr).is_some() =>
+                {
+                    let (mut data, len) = copy8(data);
+                    self.watches.complete_access(
+                        &self.vm.slots,
+                        &self.vm.mem,
+                        addr,
+                        &mut data[..len],
+                        true,
+                    );
+                    Pending::Watched { write: true }
+                }
                 Ok(VcpuExit::MmioRead(addr, data)) => {
                     self.exits.mmio_read += 1;
                     self.clock.charge(Charge::Mmio);
@@ -289,7 +328,10 @@ impl Machine {
                 // Our own request: the guest can take the pending interrupt now.
                 Ok(VcpuExit::IrqWindowOpen) => Pending::None,
                 Ok(VcpuExit::Shutdown) => Pending::Shutdown,
-                Ok(VcpuExit::Debug(arch)) => Pending::Debug { pc: arch.pc },
+                Ok(VcpuExit::Debug(arch)) => Pending::Debug {
+                    pc: arch.pc,
+                    exception: arch.exception,
+                },
                 Ok(VcpuExit::InternalError) => {
                     let run = vcpu.get_kvm_run();
                     // SAFETY: KVM set exit_reason to KVM_EXIT_INTERNAL_ERROR, which
@@ -317,17 +359,24 @@ impl Machine {
                     // A requested step stays armed through the exits of its
                     // instruction (port and MMIO accesses) until its own
                     // debug exit. Harness-caused: no virtual time passes.
-                    if let Pending::Debug { pc } = pending {
+                    if let Pending::Debug { pc, .. } = pending {
                         self.step_over_armed = false;
                         self.disarm_step_over()?;
+                        if let Some(stop) = self.take_watch_stop() {
+                            return Ok(stop);
+                        }
                         return Ok(StopReason::Stepped { rip: pc });
                     }
                     pending
                 } else {
                     self.step_over_armed = false;
                     self.disarm_step_over()?;
-                    // The step's own debug exit is ours: swallow it.
+                    // The step's own debug exit is ours: swallow it (it
+                    // completed a watched access when a hit is pending).
                     if debug {
+                        if let Some(stop) = self.take_watch_stop() {
+                            return Ok(stop);
+                        }
                         Pending::None
                     } else {
                         pending
@@ -341,8 +390,28 @@ impl Machine {
             if matches!(pending, Pending::Kicked) && cond.interrupted() {
                 return Ok(StopReason::Interrupted);
             }
+            let watched_write = matches!(pending, Pending::Watched { write: true });
             if let Some(stop) = self.finish_exit(pending, cond)? {
                 return Ok(stop);
+            }
+            if self.watches.pending.is_some() {
+                if watched_write {
+                    // KVM exits for an MMIO write once the instruction is
+                    // complete (RIP is past it): stop now.
+                    if self.step_over_armed {
+                        self.step_over_armed = false;
+                        self.disarm_step_over()?;
+                    }
+                    if let Some(stop) = self.take_watch_stop() {
+                        return Ok(stop);
+                    }
+                } else if !self.step_over_armed {
+                    // A read completes when the vCPU is entered again:
+                    // single-step so it does, then stop (above, at the
+                    // step's debug exit).
+                    self.arm_step_over()?;
+                    self.step_over_armed = true;
+                }
             }
             if cond.interrupted() {
                 return Ok(StopReason::Interrupted);
@@ -356,7 +425,7 @@ impl Machine {
         cond: &StopCondition,
     ) -> Result<Option<StopReason>, MachineError> {
         Ok(match pending {
-            Pending::None => None,
+            Pending::None | Pending::Watched { .. } => None,
             Pending::Kicked => self.kicked(),
             Pending::Write { port, data, len } => {
                 self.clock.charge(Charge::Pio);
@@ -417,15 +486,32 @@ impl Machine {
                 self.halted()?
             }
             Pending::Shutdown => Some(StopReason::Shutdown { regs: self.dump()? }),
-            Pending::Debug { pc } => {
+            Pending::Debug {
+                pc,
+                exception: BP_VECTOR,
+            } if !self.is_sw_breakpoint(pc) => {
+                // The guest's own int3 (KVM reports every #BP while software
+                // breakpoints are set): deliver it as KVM would have.
+                self.inject_exception(BP_VECTOR_U8, None)?;
+                None
+            }
+            Pending::Debug { pc, .. } => {
                 // A harness-caused exit: no virtual time passes.
                 self.resume_over_breakpoint = true;
                 Some(StopReason::Breakpoint { addr: pc })
             }
-            Pending::Emulation => {
-                self.exits.emulation_failure += 1;
-                self.handle_emulation_failure()?
-            }
+            Pending::Emulation => match self.emulated_sw_breakpoint()? {
+                // Our int3, which KVM's emulator cannot run: a breakpoint
+                // (harness-caused, no virtual time passes).
+                Some(addr) => {
+                    self.resume_over_breakpoint = true;
+                    Some(StopReason::Breakpoint { addr })
+                }
+                None => {
+                    self.exits.emulation_failure += 1;
+                    self.handle_emulation_failure()?
+                }
+            },
             Pending::Internal(suberror) => Some(StopReason::InternalError {
                 suberror,
                 regs: self.dump()?,
@@ -514,6 +600,16 @@ impl Machine {
             None if self.intercepts.ucalls => Some(StopReason::Ucall { call }),
             None => None,
         })
+    }
+
+    /// The address of our software breakpoint when the instruction KVM
+    /// failed to emulate is one.
+    fn emulated_sw_breakpoint(&self) -> Result<Option<u64>, MachineError> {
+        if self.sw_breakpoints.list().is_empty() {
+            return Ok(None);
+        }
+        let lrip = linear_rip(&self.regs()?, &self.sregs()?);
+        Ok(self.is_sw_breakpoint(lrip).then_some(lrip))
     }
 
     fn handle_emulation_failure(&mut self) -> Result<Option<StopReason>, MachineError> {

@@ -23,6 +23,11 @@ pub struct StopCondition {
     /// Run exactly one guest instruction (with the breakpoints off) and stop
     /// with [`StopReason::Stepped`], unless the guest ends the run first.
     pub single_step: bool,
+    /// Inject no interrupt during this run (a debugger's single step should
+    /// not land in an interrupt handler); pending ones wait for the next
+    /// run. Userspace platform only: KVM's in-kernel irqchip injects on its
+    /// own.
+    pub block_interrupts: bool,
     /// Stop with [`StopReason::Interrupted`] once this flag is set (by another
     /// thread: a debugger's Ctrl-C). Checked after every exit; a guest spinning
     /// without exits is reached by the forward-progress kick.
@@ -99,6 +104,11 @@ pub enum StopReason {
     Breakpoint {
         /// The breakpoint's address.
         addr: u64,
+    },
+    /// A guest access hit a watch; the accessing instruction has completed.
+    Watch {
+        /// The access and the watch it hit.
+        hit: super::watch::WatchHit,
     },
     /// A single step (`StopCondition::single_step`) completed.
     Stepped {
@@ -203,6 +213,14 @@ impl StopReason {
             StopReason::Ucall { call } => format!("intercepted ucall {}", call.cmd.name()),
             StopReason::Completed { entry } => format!("completed {}", entry.name()),
             StopReason::Breakpoint { addr } => format!("breakpoint at {addr:#x}"),
+            StopReason::Watch { hit } => format!(
+                "watch {} hit: {} of {} bytes at physical {:#x} (value {:#x})",
+                hit.id,
+                if hit.write { "write" } else { "read" },
+                hit.size,
+                hit.gpa,
+                hit.value
+            ),
             StopReason::Stepped { rip } => format!("single step to {rip:#x}"),
             StopReason::Interrupted => "interrupted".into(),
             StopReason::SerialMatch { text, .. } => format!("serial output matched {text:?}"),

@@ -57,6 +57,7 @@ fn remove(st: &Shared, id: u64) -> ApiResult<bool> {
                 m.intercepts_mut().remove(intercept);
             }
             HookKind::Exec { .. } => m.remove_breakpoints(Owner::Hook(id))?,
+            HookKind::Watch { .. } => m.remove_watches(Owner::Hook(id))?,
             _ => {}
         }
         m.intercepts_mut().ucalls = ucalls;
@@ -191,6 +192,50 @@ fn add_access_hook(st: &Shared, space: Space, spec: Table) -> ApiResult<Handle> 
 const EXIT_KINDS: &[&str] = &["pio", "mmio", "hlt", "emulation"];
 
 /// Registers hook `id` in the session and returns its handle.
+/// `hook.watch{addr = PHYS or vaddr = VIRT, size = N, on = "write" | "read"
+/// | "access", fn = function(ev)}`: a page watch (see `machine::watch`).
+fn add_watch_hook(st: &Shared, spec: Table) -> ApiResult<Handle> {
+    use crate::machine::watch::WatchKind;
+    let func: Function = spec
+        .get::<Option<Function>>("fn")?
+        .ok_or("hook.watch needs fn = function(ev) ... end")?;
+    let size = spec.get::<Option<u64>>("size")?.unwrap_or(8);
+    let kind = match spec.get::<Option<String>>("on")?.as_deref() {
+        None | Some("write") => WatchKind::Write,
+        Some("read") => WatchKind::Read,
+        Some("access") => WatchKind::Access,
+        Some(other) => {
+            return Err(format!("on = {other:?}: use \"write\", \"read\" or \"access\"").into())
+        }
+    };
+    let phys: Option<i64> = spec.get("addr")?;
+    let virt: Option<i64> = spec.get("vaddr")?;
+    let mut s = st.borrow_mut();
+    let id = s.next_id();
+    let m = s.machine()?;
+    let ranges = match (phys, virt) {
+        (Some(p), None) => vec![(from_lua_int(p), size)],
+        (None, Some(v)) => {
+            let paging = crate::vm::regs::paging_regs(&m.sregs()?);
+            let len = usize::try_from(size).map_err(|_| "size is too large")?;
+            crate::vm::access::phys_ranges(m.memory(), &paging, from_lua_int(v), len)
+                .map_err(|e| super::convert::error_chain(&e))?
+        }
+        _ => return Err("hook.watch needs addr = PHYSICAL or vaddr = VIRTUAL".into()),
+    };
+    let mut ids = Vec::new();
+    for (gpa, len) in ranges {
+        match m.add_watch(gpa, len, kind, Owner::Hook(id)) {
+            Ok(w) => ids.push(w),
+            Err(e) => {
+                m.remove_watches(Owner::Hook(id))?;
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(push_hook(st, &mut s, id, HookKind::Watch { ids }, func))
+}
+
 fn push_hook(
     st: &Shared,
     s: &mut super::session::Session,
@@ -234,6 +279,9 @@ pub fn register(lua: &Lua, st: &Shared) -> mlua::Result<()> {
             Ok(push_hook(st, &mut s, id, HookKind::Exec { addr }, func))
         },
     )?;
+    add_fn(lua, &hook, st, "hook", "watch", |_, st, spec: Table| {
+        add_watch_hook(st, spec)
+    })?;
     add_fn(
         lua,
         &hook,

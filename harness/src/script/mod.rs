@@ -22,6 +22,7 @@ use std::rc::Rc;
 
 use mlua::{Function, Lua, Table, Value};
 
+use crate::machine::Machine;
 use convert::{describe, Shared};
 use session::Session;
 
@@ -132,6 +133,95 @@ impl Scenario {
             .set_name(format!("={name}"))
             .call::<Value>(())
             .map_err(|e| ScriptError::lua(&e))
+    }
+
+    /// Runs `src` the way an interactive console does and returns its text:
+    /// as an expression when it is one (`return SRC`), else as statements;
+    /// what `print` printed, then each value returned on a line (integers in
+    /// decimal and hex, strings quoted), or `error: MESSAGE` (file and line
+    /// named `name`). Used by gdb's `monitor lua`.
+    pub fn console(&self, name: &str, src: &str) -> String {
+        let printed = Rc::new(RefCell::new(String::new()));
+        let result = self.console_inner(name, src, &printed);
+        let mut text = printed.take();
+        match result {
+            Ok(values) => {
+                for v in &values {
+                    text.push_str(&convert::show(v));
+                    text.push('\n');
+                }
+            }
+            Err(e) => {
+                text.push_str("error: ");
+                text.push_str(&describe(&e));
+                text.push('\n');
+            }
+        }
+        text
+    }
+
+    fn console_inner(
+        &self,
+        name: &str,
+        src: &str,
+        printed: &Rc<RefCell<String>>,
+    ) -> mlua::Result<mlua::MultiValue> {
+        let sink = printed.clone();
+        let print = self
+            .lua
+            .create_function(move |lua, args: mlua::Variadic<Value>| {
+                let mut line = Vec::new();
+                for v in args.iter() {
+                    let s: mlua::LuaString = lua.globals().get::<Function>("tostring")?.call(v)?;
+                    line.push(s.to_string_lossy());
+                }
+                let mut out = sink.borrow_mut();
+                out.push_str(&line.join("\t"));
+                out.push('\n');
+                Ok(())
+            })?;
+        let globals = self.lua.globals();
+        let old: Value = globals.get("print")?;
+        globals.set("print", print)?;
+        let chunk_name = format!("={name}");
+        let result = match self
+            .lua
+            .load(format!("return {src}"))
+            .set_name(chunk_name.clone())
+            .into_function()
+        {
+            Ok(f) => f.call::<mlua::MultiValue>(()),
+            Err(_) => self
+                .lua
+                .load(src)
+                .set_name(chunk_name)
+                .call::<mlua::MultiValue>(()),
+        };
+        globals.set("print", old)?;
+        result
+    }
+
+    /// A handle on an existing Lua state and its session (for a binding that
+    /// hands them to the gdb server).
+    pub(crate) fn from_parts(lua: Lua, session: Shared) -> Scenario {
+        Scenario { lua, session }
+    }
+
+    /// Makes `machine` the session's machine (as if `vm.boot` had built it).
+    pub fn set_machine(&self, machine: Machine) {
+        let mut s = self.session.borrow_mut();
+        s.serial_cursor = machine.serial_output().len();
+        s.machine = Some(machine);
+    }
+
+    /// The session's machine, borrowed mutably; None before `vm.boot`.
+    pub fn machine_mut(&self) -> Option<std::cell::RefMut<'_, Machine>> {
+        std::cell::RefMut::filter_map(self.session.borrow_mut(), |s| s.machine.as_mut()).ok()
+    }
+
+    /// Takes the session's machine out (the session has none afterwards).
+    pub fn take_machine(&self) -> Option<Machine> {
+        self.session.borrow_mut().machine.take()
     }
 
     /// The global functions whose names start with `test_`, in definition order.

@@ -85,6 +85,11 @@ pub enum HookKind {
         /// The command name, or None for all.
         cmd: Option<String>,
     },
+    /// A data watch (page watches in the machine).
+    Watch {
+        /// The machine's watch ids (one per physical range).
+        ids: Vec<u64>,
+    },
     /// Exits of a kind ("hlt", "emulation"; "pio" and "mmio" are Access hooks).
     Exit {
         /// The kind.
@@ -257,6 +262,22 @@ fn run_loop(
                 call_hooks(st, &hooks, &ev)?;
             }
             StopReason::Ucall { call } => ucall_hooks(lua, st, &call)?,
+            StopReason::Watch { hit }
+                if st.borrow().hooks.iter().any(
+                    |h| matches!(&h.kind, HookKind::Watch { ids } if ids.contains(&hit.id)),
+                ) =>
+            {
+                let hooks = matching(
+                    st,
+                    |k| matches!(k, HookKind::Watch { ids } if ids.contains(&hit.id)),
+                );
+                let ev = lua.create_table()?;
+                ev.set("addr", to_lua_int(hit.gpa))?;
+                ev.set("size", hit.size)?;
+                ev.set("write", hit.write)?;
+                ev.set("value", to_lua_int(hit.value))?;
+                call_hooks(st, &hooks, &ev)?;
+            }
             StopReason::Completed { entry } => {
                 let hooks = matching(
                     st,

@@ -20,6 +20,9 @@ pub fn register(lua: &Lua, st: &Shared) -> mlua::Result<()> {
     add_fn(lua, &t, st, "vm", "run", |lua, st, opts: Option<Table>| {
         run(lua, st, opts)
     })?;
+    add_fn(lua, &t, st, "vm", "gdb", |lua, st, opts: Value| {
+        gdb(lua, st, opts)
+    })?;
     add_fn(lua, &t, st, "vm", "stop", |_, st, ()| {
         let mut s = st.borrow_mut();
         let id = s.current_handle.ok_or_else(|| {
@@ -190,6 +193,39 @@ fn run(lua: &Lua, st: &Shared, opts: Option<Table>) -> ApiResult<Table> {
     event(lua, st, end)
 }
 
+/// `vm.gdb{addr = "HOST:PORT"}` (or `vm.gdb("HOST:PORT")`): serves gdb on
+/// the stopped machine until gdb detaches (`reason = "detached"`) or the run
+/// ends under gdb (the event `vm.run` would give).
+fn gdb(lua: &Lua, st: &Shared, opts: Value) -> ApiResult<Table> {
+    let addr: String = match &opts {
+        Value::String(s) => s.to_string_lossy(),
+        Value::Table(t) => t
+            .get::<Option<String>>("addr")?
+            .ok_or("give the address to listen on: vm.gdb{addr = \"127.0.0.1:1234\"}")?,
+        other => {
+            return Err(format!(
+                "expected an address string or {{addr = ...}}, got {}",
+                other.type_name()
+            )
+            .into())
+        }
+    };
+    st.borrow_mut().machine()?;
+    let scenario = super::Scenario::from_parts(lua.clone(), st.clone());
+    let end = crate::gdb::serve_scenario(scenario, &addr)
+        .map_err(|e| ApiError::Msg(super::convert::error_chain(&e)))?;
+    match end {
+        crate::gdb::SessionEnd::Finished(stop) => event(lua, st, RunEnd::Machine(stop)),
+        crate::gdb::SessionEnd::Detached => {
+            let ev = lua.create_table()?;
+            let rip = st.borrow_mut().machine()?.regs()?.rip;
+            ev.set("reason", "detached")?;
+            ev.set("rip", to_lua_int(rip))?;
+            Ok(ev)
+        }
+    }
+}
+
 /// Builds the event table for a run's end.
 pub fn event(lua: &Lua, st: &Shared, end: RunEnd) -> ApiResult<Table> {
     let ev = lua.create_table()?;
@@ -236,6 +272,14 @@ pub fn event(lua: &Lua, st: &Shared, end: RunEnd) -> ApiResult<Table> {
         StopReason::Breakpoint { addr } => {
             ev.set("addr", to_lua_int(*addr))?;
             "breakpoint"
+        }
+        StopReason::Watch { hit } => {
+            ev.set("id", to_lua_int(hit.id))?;
+            ev.set("addr", to_lua_int(hit.gpa))?;
+            ev.set("size", hit.size)?;
+            ev.set("write", hit.write)?;
+            ev.set("value", to_lua_int(hit.value))?;
+            "watch"
         }
         StopReason::SerialMatch { text, end } => {
             ev.set("match", text.clone())?;

@@ -281,9 +281,17 @@ impl Machine {
     /// Takes a snapshot. Later restores of it copy only the pages written
     /// after this point.
     pub fn take_snapshot(&mut self) -> Result<Snapshot, crate::machine::MachineError> {
+        // Snapshots hold the guest's bytes, not our int3s.
+        self.lift_sw_breakpoints();
+        let snap = self.take_snapshot_inner();
+        self.insert_sw_breakpoints();
+        snap
+    }
+
+    fn take_snapshot_inner(&mut self) -> Result<Snapshot, crate::machine::MachineError> {
         self.vm
             .dirty
-            .collect(&self.vm.fd, &self.vm.mem)
+            .collect(&self.vm.fd, &self.vm.mem, self.vm.slots.pieces())
             .map_err(|e| boxed(e.into()))?;
         let state = self.machine_state()?;
         let mut memory = Vec::new();
@@ -309,7 +317,9 @@ impl Machine {
         &mut self,
         snap: &Snapshot,
     ) -> Result<RestoreStats, crate::machine::MachineError> {
-        self.restore_inner(snap).map_err(boxed)
+        let stats = self.restore_inner(snap).map_err(boxed)?;
+        self.reinsert_sw_breakpoints_after_restore();
+        Ok(stats)
     }
 
     fn restore_inner(&mut self, snap: &Snapshot) -> Result<RestoreStats, SnapshotError> {
@@ -332,7 +342,10 @@ impl Machine {
                 st.vcpus.len()
             )));
         }
-        let dirty = self.vm.dirty.collect(&self.vm.fd, &self.vm.mem)?;
+        let dirty = self
+            .vm
+            .dirty
+            .collect(&self.vm.fd, &self.vm.mem, self.vm.slots.pieces())?;
         let full = self.snapshot_base != Some(snap.id);
         let mut stats = RestoreStats { pages: 0, full };
         for ((region, copy), bits) in self.vm.mem.iter().zip(&snap.memory).zip(&dirty) {

@@ -73,6 +73,33 @@ pub fn write_virt(
     })
 }
 
+/// The guest-physical pieces `[vaddr, vaddr + len)` maps to, as (address,
+/// length), merged where they are contiguous; an error when any byte is
+/// unmapped or not RAM.
+pub fn phys_ranges(
+    mem: &GuestMem,
+    regs: &PagingRegs,
+    vaddr: u64,
+    len: usize,
+) -> Result<Vec<(u64, u64)>, AccessError> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for_each_page(mem, regs, vaddr, len, |phys, r| {
+        let n = r.len() as u64;
+        let mut probe = [0u8; 1];
+        if !memory::read_phys(mem, phys, &mut probe)
+            || !memory::read_phys(mem, phys + n - 1, &mut probe)
+        {
+            return false;
+        }
+        match out.last_mut() {
+            Some((a, l)) if *a + *l == phys => *l += n,
+            _ => out.push((phys, n)),
+        }
+        true
+    })?;
+    Ok(out)
+}
+
 /// Reads as many bytes as are mapped, up to `buf.len()`; returns how many.
 pub fn read_virt_prefix(mem: &GuestMem, regs: &PagingRegs, vaddr: u64, buf: &mut [u8]) -> usize {
     let mut n = 0;

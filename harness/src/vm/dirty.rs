@@ -16,6 +16,7 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::ioctl::ioctl_with_ref;
 
 use super::memory::GuestMem;
+use super::slots::Piece;
 use crate::layout::PAGE_SIZE;
 
 /// The ioctl kvm-ioctls does not wrap.
@@ -70,38 +71,68 @@ impl DirtyTracker {
     }
 
     /// The pages written since the last call (guest and VMM), and re-arms
-    /// tracking for them.
-    pub fn collect(&self, vm: &VmFd, mem: &GuestMem) -> Result<DirtyBitmaps, DirtyError> {
+    /// tracking for them. `slots` are the KVM slots over the regions (one per
+    /// region unless pages are carved out for watchpoints).
+    pub fn collect(
+        &self,
+        vm: &VmFd,
+        mem: &GuestMem,
+        slots: &[Piece],
+    ) -> Result<DirtyBitmaps, DirtyError> {
         let mut out = Vec::new();
-        for (slot, region) in (0u32..).zip(mem.iter()) {
-            let len = usize::try_from(region.len()).unwrap_or(usize::MAX);
-            let mut kvm = vm
-                .get_dirty_log(slot, len)
-                .map_err(|e| DirtyError::Get(slot, e))?;
-            if self.manual_protect && kvm.iter().any(|w| *w != 0) {
-                let clear = kvm_clear_dirty_log {
-                    slot,
-                    num_pages: u32::try_from(region.len() / PAGE_SIZE).unwrap_or(u32::MAX),
-                    first_page: 0,
-                    __bindgen_anon_1: kvm_bindings::kvm_clear_dirty_log__bindgen_ty_1 {
-                        dirty_bitmap: kvm.as_mut_ptr().cast(),
-                    },
-                };
-                // SAFETY: `clear` points to a bitmap of `num_pages` bits that lives
-                // until the call returns; KVM only reads it.
-                let ret = unsafe { ioctl_with_ref(vm, KVM_CLEAR_DIRTY_LOG(), &clear) };
-                if ret != 0 {
-                    return Err(DirtyError::Clear(slot, std::io::Error::last_os_error()));
+        for (index, region) in mem.iter().enumerate() {
+            let pages = usize::try_from(region.len() / PAGE_SIZE).unwrap_or(usize::MAX);
+            let mut bitmap = vec![0u64; pages.div_ceil(64)];
+            for p in slots.iter().filter(|p| p.region == index) {
+                let log = self.slot_log(vm, p)?;
+                if p.first_page == 0 && log.len() == bitmap.len() {
+                    for (b, l) in bitmap.iter_mut().zip(&log) {
+                        *b |= l;
+                    }
+                } else {
+                    let first = usize::try_from(p.first_page).unwrap_or(usize::MAX);
+                    for_each_page(&log, |i| {
+                        let page = first + i;
+                        if let Some(w) = bitmap.get_mut(page / 64) {
+                            *w |= 1 << (page % 64);
+                        }
+                    });
                 }
             }
             if let Some(vmm) = region.get_mmap().bitmap().take() {
-                for (k, v) in kvm.iter_mut().zip(vmm) {
+                for (k, v) in bitmap.iter_mut().zip(vmm) {
                     *k |= v;
                 }
             }
-            out.push(kvm);
+            out.push(bitmap);
         }
         Ok(out)
+    }
+
+    /// The dirty log of one slot, re-armed.
+    fn slot_log(&self, vm: &VmFd, p: &Piece) -> Result<Vec<u64>, DirtyError> {
+        let slot = p.slot;
+        let len = usize::try_from(p.pages * PAGE_SIZE).unwrap_or(usize::MAX);
+        let mut kvm = vm
+            .get_dirty_log(slot, len)
+            .map_err(|e| DirtyError::Get(slot, e))?;
+        if self.manual_protect && kvm.iter().any(|w| *w != 0) {
+            let clear = kvm_clear_dirty_log {
+                slot,
+                num_pages: u32::try_from(p.pages).unwrap_or(u32::MAX),
+                first_page: 0,
+                __bindgen_anon_1: kvm_bindings::kvm_clear_dirty_log__bindgen_ty_1 {
+                    dirty_bitmap: kvm.as_mut_ptr().cast(),
+                },
+            };
+            // SAFETY: `clear` points to a bitmap of `num_pages` bits that lives
+            // until the call returns; KVM only reads it.
+            let ret = unsafe { ioctl_with_ref(vm, KVM_CLEAR_DIRTY_LOG(), &clear) };
+            if ret != 0 {
+                return Err(DirtyError::Clear(slot, std::io::Error::last_os_error()));
+            }
+        }
+        Ok(kvm)
     }
 }
 

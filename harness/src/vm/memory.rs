@@ -1,14 +1,10 @@
-//! Guest RAM: vm-memory mmap regions with the VMM's own write bitmap, registered
-//! with KVM with dirty logging on every slot.
+//! Guest RAM: vm-memory mmap regions with the VMM's own write bitmap (registered
+//! with KVM by [`super::slots`], dirty logging on every slot).
 
-use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES};
-use kvm_ioctls::VmFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use vm_memory::bitmap::{AtomicBitmap, Bitmap, NewBitmap, RefSlice, WithBitmapSlice};
-use vm_memory::{
-    Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, GuestRegionMmap, MmapRegion,
-};
+use vm_memory::{Bytes, GuestAddress, GuestRegionMmap, MmapRegion};
 
 use crate::layout;
 
@@ -87,17 +83,6 @@ pub enum MemoryError {
     /// vm-memory refused the regions.
     #[error("Cannot build the guest memory map")]
     Regions(#[source] vm_memory::GuestRegionCollectionError),
-    /// KVM refused a memory slot.
-    #[error("KVM refused memory slot {slot} at {base:#x}")]
-    SetRegion {
-        /// Slot number.
-        slot: u32,
-        /// Guest-physical base.
-        base: u64,
-        /// The cause.
-        #[source]
-        source: kvm_ioctls::Error,
-    },
 }
 
 /// Allocates `mem_size` bytes of guest RAM laid out by [`layout::ram_ranges`].
@@ -115,32 +100,6 @@ pub fn create(mem_size: u64) -> Result<GuestMem, MemoryError> {
         regions.push(region);
     }
     GuestMem::from_regions(regions).map_err(MemoryError::Regions)
-}
-
-/// Registers every RAM region with KVM as a slot with dirty logging enabled.
-pub fn register(vm: &VmFd, mem: &GuestMem) -> Result<(), MemoryError> {
-    for (slot, region) in (0u32..).zip(mem.iter()) {
-        let base = region.start_addr().0;
-        let host = region
-            .get_host_address(vm_memory::MemoryRegionAddress(0))
-            .map_err(|_| MemoryError::BadSize(region.len()))?;
-        let desc = kvm_userspace_memory_region {
-            slot,
-            flags: KVM_MEM_LOG_DIRTY_PAGES,
-            guest_phys_addr: base,
-            memory_size: region.len(),
-            userspace_addr: host as u64,
-        };
-        // SAFETY: the region is a live anonymous mapping of exactly `memory_size`
-        // bytes owned by `mem`, which outlives the VM (the Machine drops the VM
-        // first), and slots do not overlap because the layout's ranges do not.
-        unsafe { vm.set_user_memory_region(desc) }.map_err(|source| MemoryError::SetRegion {
-            slot,
-            base,
-            source,
-        })?;
-    }
-    Ok(())
 }
 
 /// Reads `buf.len()` bytes of guest-physical memory; `false` if any byte is not RAM.

@@ -9,6 +9,7 @@ pub mod irq;
 pub mod memory;
 pub mod paging;
 pub mod regs;
+pub mod slots;
 
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 
@@ -48,6 +49,9 @@ pub enum VmError {
     /// Guest memory could not be set up.
     #[error(transparent)]
     Memory(#[from] memory::MemoryError),
+    /// Guest memory could not be registered with KVM.
+    #[error(transparent)]
+    Slots(#[from] slots::SlotError),
     /// The CPU model could not be built.
     #[error(transparent)]
     Cpuid(#[from] cpuid::CpuidError),
@@ -95,6 +99,8 @@ pub struct Vm {
     pub mem_size: u64,
     /// How dirty pages are tracked.
     pub dirty: dirty::DirtyTracker,
+    /// The KVM memory slots over guest RAM.
+    pub slots: slots::Slots,
     /// The VM file descriptor.
     pub fd: VmFd,
 }
@@ -108,12 +114,13 @@ impl Vm {
             .map_err(VmError::kvm("set the TSS address"))?;
         let dirty = dirty::DirtyTracker::enable(&fd);
         let mem = memory::create(mem_size)?;
-        memory::register(&fd, &mem)?;
+        let slots = slots::Slots::register(&fd, &mem)?;
         Ok(Vm {
             kvm,
             mem,
             mem_size,
             dirty,
+            slots,
             fd,
         })
     }

@@ -1,0 +1,13 @@
+#!/bin/sh
+# /init of lunavm's "shell" initramfs (busybox-static): mounts the kernel's file
+# systems and runs a shell on the console (ttyS0). When the shell exits, the
+# machine reboots (with `panic=-1`/`-no-reboot` setups that ends the run).
+export PATH=/sbin:/usr/sbin:/bin:/usr/bin HOME=/root
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs tmpfs /tmp
+echo "lunavm-init: shell on $(cat /sys/class/tty/console/active 2>/dev/null)"
+setsid cttyhack /bin/sh
+echo "lunavm-init: shell exited with status $?"
+reboot -f
