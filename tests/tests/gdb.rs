@@ -156,7 +156,8 @@ fn finish_server(mut server: Server) -> (Option<i32>, String, String) {
 /// Pins a gdb transcript with insta, with what varies between builds of the
 /// guests normalised: addresses inside the guest image (loaded at 1 MiB,
 /// code, data and stack under 1 MiB long) become `[IMAGE]`, their page
-/// numbers `[PAGE]`, and instruction counts `[N]`; everything else (fixed
+/// numbers `[PAGE]`, RIP-relative displacements `[DISP]` and instruction
+/// counts `[N]`; everything else (fixed
 /// addresses, values) is the same on every run.
 fn assert_transcript(name: &str, transcript: &str) {
     insta::with_settings!({
@@ -166,6 +167,8 @@ fn assert_transcript(name: &str, transcript: &str) {
             (r"replayed \d+ steps", "replayed [N] steps"),
             // So do the page numbers of the image's pages.
             (r"\b0x1[0-9a-f]{2}\b", "[PAGE]"),
+            // And RIP-relative displacements between them.
+            (r"\b0x[0-9a-f]+\(%rip\)", "[DISP](%rip)"),
         ],
     }, {
         insta::assert_snapshot!(name, transcript);
