@@ -38,6 +38,10 @@ const LIBRARY: &[(&str, &str)] = &[
         include_str!("../../../scripts/lib/guest.lua"),
     ),
     ("lunavm.hex", include_str!("../../../scripts/lib/hex.lua")),
+    (
+        "lunavm.linux",
+        include_str!("../../../scripts/lib/linux.lua"),
+    ),
 ];
 
 /// Errors of loading or running a scenario.
