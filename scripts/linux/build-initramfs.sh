@@ -20,15 +20,15 @@ Usage: build-initramfs.sh [--kind idle|shell] [--init FILE] [OUTFILE]
   --kind shell  busybox-static; /init mounts proc, sysfs, devtmpfs, tmpfs and runs
                 a shell on the console
   --init FILE   use FILE as /init instead
-  OUTFILE       default: $LUNAVM_CACHE/out/initramfs-KIND.cpio
+  OUTFILE       default: $LUNAVM_CACHE/linux/out/initramfs-KIND.cpio
 
-Environment: LUNAVM_CACHE (default ~/.cache/lunavm/linux).
+Environment: LUNAVM_CACHE (default ~/.cache/lunavm; the Linux files live in its linux/ folder).
 USAGE
 }
 
 RECIPE=1
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-cache=${LUNAVM_CACHE:-$HOME/.cache/lunavm/linux}
+cache=${LUNAVM_CACHE:-$HOME/.cache/lunavm}/linux
 kind=idle
 init=
 out=
@@ -126,6 +126,7 @@ elif [ "$kind" = idle ]; then
         -Wl,--build-id=none -Wl,-z,noexecstack -s \
         -o "$work/init" "$here/idle-init.c"
     # The point of this /init: not a single system call.
+    # shellcheck disable=SC2016 # a literal $0x80
     if objdump -d "$work/init" | grep -Eq '\s(syscall|sysenter|int +\$0x80)\b'; then
         die "idle-init.c compiled to code containing a system call instruction"
     fi

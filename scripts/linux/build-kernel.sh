@@ -4,7 +4,7 @@
 #   scripts/linux/build-kernel.sh [--acpi] [OUTDIR]
 #
 # Leaves bzImage, vmlinux (with DWARF5 debug info), System.map and config in OUTDIR
-# (default: $LUNAVM_CACHE/out/lunavm, or .../out/lunavm-acpi with --acpi) and prints
+# (default: $LUNAVM_CACHE/linux/out/lunavm, .../lunavm-acpi with --acpi) and prints
 # their paths on stdout, one `name=path` line each; progress goes to stderr.
 # Cached: the key is a hash of the source package version and the configuration
 # fragment(s); a run whose key matches the last build does nothing.
@@ -21,10 +21,10 @@ and config in OUTDIR.
 
   --acpi      the ACPI configuration: lunavm.config + lunavm-acpi.config
   --jobs N    parallel make jobs (default: nproc)
-  OUTDIR      where the outputs go (default: $LUNAVM_CACHE/out/lunavm[-acpi])
+  OUTDIR      where the outputs go (default: $LUNAVM_CACHE/linux/out/lunavm[-acpi])
 
-Environment: LUNAVM_CACHE (default ~/.cache/lunavm/linux) holds the unpacked source,
-the build trees and the default outputs.
+Environment: LUNAVM_CACHE (default ~/.cache/lunavm); its linux/ folder holds the
+unpacked source, the build trees and the default outputs.
 EOF
 }
 
@@ -34,7 +34,7 @@ SRC_PKG=linux-source-6.1
 TARBALL=/usr/src/linux-source-6.1.tar.xz
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-cache=${LUNAVM_CACHE:-$HOME/.cache/lunavm/linux}
+cache=${LUNAVM_CACHE:-$HOME/.cache/lunavm}/linux
 acpi=0
 jobs=$(nproc)
 outdir=

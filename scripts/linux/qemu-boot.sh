@@ -12,8 +12,8 @@ usage() {
     cat <<'USAGE'
 Usage: qemu-boot.sh [options] [-- extra qemu arguments]
 
-  --kernel FILE    bzImage, or vmlinux (PVH entry)   default: $LUNAVM_CACHE/out/lunavm/bzImage
-  --initrd FILE    default: $LUNAVM_CACHE/out/initramfs-idle.cpio
+  --kernel FILE    bzImage, or vmlinux (PVH entry)   default: $LUNAVM_CACHE/linux/out/lunavm/bzImage
+  --initrd FILE    default: $LUNAVM_CACHE/linux/out/initramfs-idle.cpio
   --append STR     kernel command line  default: "console=ttyS0 nolapic noapic panic=-1"
   --machine M      QEMU machine (pc, or microvm,... for virtio-mmio devices)  default: pc
   --accel A        tcg or kvm           default: tcg
@@ -24,7 +24,7 @@ Usage: qemu-boot.sh [options] [-- extra qemu arguments]
 USAGE
 }
 
-cache=${LUNAVM_CACHE:-$HOME/.cache/lunavm/linux}
+cache=${LUNAVM_CACHE:-$HOME/.cache/lunavm}/linux
 kernel=$cache/out/lunavm/bzImage
 initrd=$cache/out/initramfs-idle.cpio
 append="console=ttyS0 nolapic noapic panic=-1"
