@@ -347,13 +347,26 @@ impl World {
         }
     }
 
+    /// Brings the platform to the current time around an access to its
+    /// ports, as the run loop does.
+    fn sync_platform(&mut self, mmio: bool, addr: u64) {
+        let port = u16::try_from(addr).ok().filter(|_| !mmio);
+        if let (Some(p), Some(port)) = (&mut self.platform, port) {
+            if Platform::decodes(port) {
+                p.sync(self.now);
+            }
+        }
+    }
+
     /// Runs one action and appends what the guest would observe to `seen`.
     fn step(&mut self, action: &Action, seen: &mut Vec<u64>) {
         match action {
             Action::Read { at, width } => {
                 let (mmio, addr) = self.address(*at);
                 let mut data = [0u8; 8];
+                self.sync_platform(mmio, addr);
                 self.bus(mmio).read(addr, &mut data[..width.bytes()]);
+                self.sync_platform(mmio, addr);
                 seen.push(u64::from_le_bytes(data));
             }
             Action::Write { value, .. } if self.target == Target::Ucall => {
@@ -362,7 +375,9 @@ impl World {
             Action::Write { at, width, value } => {
                 let (mmio, addr) = self.address(*at);
                 let bytes = value.to_le_bytes();
+                self.sync_platform(mmio, addr);
                 let event = self.bus(mmio).write(addr, &bytes[..width.bytes()]);
+                self.sync_platform(mmio, addr);
                 seen.push(u64::from(event.is_some()));
             }
             Action::Memory { addr, bytes } => {
@@ -495,7 +510,7 @@ impl World {
         w.driver = saved.driver.clone();
         w.now = saved.now;
         if let Some(p) = &mut w.platform {
-            p.sync(w.now);
+            p.refresh_deadline();
         }
         Ok(w)
     }

@@ -124,6 +124,23 @@ impl Platform {
         }
     }
 
+    /// Recomputes the cached next deadline from the devices' state (after a
+    /// restore), without moving their time or taking their edges: edges a
+    /// saved device still holds are delivered at the next sync, as they would
+    /// have been without the snapshot.
+    pub fn refresh_deadline(&mut self) {
+        let rtc = lock(&self.rtc).next_deadline_ns();
+        let pit = self
+            .timers
+            .as_ref()
+            .and_then(|(_, pit)| lock(pit).next_deadline_ns());
+        self.next_deadline = match (pit, rtc) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) if self.timers.is_some() => a.or(b),
+            _ => None,
+        };
+    }
+
     /// The next virtual time a timer fires, if one is armed.
     pub fn next_deadline(&self) -> Option<u64> {
         self.next_deadline

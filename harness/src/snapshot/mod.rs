@@ -412,7 +412,7 @@ impl Machine {
         self.reg_cache.invalidate();
         self.resume_over_breakpoint = false;
         // The timers' cached deadline follows their restored state.
-        self.platform.sync(self.clock.now_ns());
+        self.platform.refresh_deadline();
         self.snapshot_base = Some(snap.id);
         Ok(stats)
     }
