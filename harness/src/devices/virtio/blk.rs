@@ -3,7 +3,6 @@
 //! snapshot restores disk contents too; opened `rw`, writes go to the file.
 //! Requests: read, write, flush, get-id and discard.
 
-use std::any::Any;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -455,18 +454,17 @@ impl VirtioDevice for Blk {
             .iter()
             .map(|(&i, b)| (i, b.as_ref().map(|b| hexstate::encode(b))))
             .collect();
-        serde_json::to_value(SavedBlk {
+        super::save_json(&SavedBlk {
             mode: self.disk.mode,
             size: self.disk.size,
             overlay,
             file_writes: self.disk.file_writes,
             stats: self.stats,
         })
-        .unwrap_or_default()
     }
 
     fn restore(&mut self, state: &DeviceState) -> Result<(), String> {
-        let saved: SavedBlk = serde_json::from_value(state.clone()).map_err(|e| e.to_string())?;
+        let saved: SavedBlk = super::restore_json(state)?;
         if saved.size != self.disk.size || saved.mode != self.disk.mode {
             return Err(format!(
                 "the saved disk is {} bytes ({:?}), this one {} bytes ({:?})",
@@ -495,11 +493,5 @@ impl VirtioDevice for Blk {
         Ok(())
     }
 
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
+    super::impl_as_any!();
 }

@@ -2,8 +2,6 @@
 //! writes collects in an output buffer a script reads; what a script writes
 //! is queued and delivered as the guest posts receive buffers.
 
-use std::any::Any;
-
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -129,19 +127,13 @@ impl VirtioDevice for Console {
     fn reset(&mut self) {}
 
     fn save(&self) -> DeviceState {
-        serde_json::to_value(&self.state).unwrap_or_default()
+        super::save_json(&self.state)
     }
 
     fn restore(&mut self, state: &DeviceState) -> Result<(), String> {
-        self.state = serde_json::from_value(state.clone()).map_err(|e| e.to_string())?;
+        self.state = super::restore_json(state)?;
         Ok(())
     }
 
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
+    super::impl_as_any!();
 }

@@ -11,6 +11,20 @@
 //! ([`chain`]), and a device that cannot go on puts the transport into
 //! DEVICE_NEEDS_RESET.
 
+/// The two `as_any` methods of [`VirtioDevice`], the same for every device.
+macro_rules! impl_as_any {
+    () => {
+        fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+            self
+        }
+
+        fn as_any(&self) -> &dyn std::any::Any {
+            self
+        }
+    };
+}
+pub(crate) use impl_as_any;
+
 pub mod blk;
 pub mod chain;
 pub mod console;
@@ -230,6 +244,16 @@ pub trait VirtioDevice: Send {
     fn as_any_mut(&mut self) -> &mut dyn Any;
     /// The device as `Any`, read-only.
     fn as_any(&self) -> &dyn Any;
+}
+
+/// A device's state as JSON (a snapshot's device state).
+pub fn save_json<T: serde::Serialize>(state: &T) -> DeviceState {
+    serde_json::to_value(state).unwrap_or_default()
+}
+
+/// A device's state back from [`save_json`]'s JSON.
+pub fn restore_json<T: serde::de::DeserializeOwned>(state: &DeviceState) -> Result<T, String> {
+    serde_json::from_value(state.clone()).map_err(|e| e.to_string())
 }
 
 /// `n` as a 32-bit length, saturating (a chain holds at most 4 GiB).

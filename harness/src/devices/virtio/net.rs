@@ -3,7 +3,6 @@
 //! receive buffers. Nothing leaves the process, so it is deterministic by
 //! construction.
 
-use std::any::Any;
 use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
@@ -214,19 +213,13 @@ impl VirtioDevice for Net {
     fn reset(&mut self) {}
 
     fn save(&self) -> DeviceState {
-        serde_json::to_value(&self.state).unwrap_or_default()
+        super::save_json(&self.state)
     }
 
     fn restore(&mut self, state: &DeviceState) -> Result<(), String> {
-        self.state = serde_json::from_value(state.clone()).map_err(|e| e.to_string())?;
+        self.state = super::restore_json(state)?;
         Ok(())
     }
 
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
+    super::impl_as_any!();
 }

@@ -1,8 +1,6 @@
 //! virtio-rng: an entropy source whose bytes come from the run's seed, so two
 //! runs with the same seed see the same "random" bytes.
 
-use std::any::Any;
-
 use serde::{Deserialize, Serialize};
 
 use super::{device_type, len32, read_config_bytes, to_usize, Queues, VirtioDevice, VirtioError};
@@ -82,19 +80,13 @@ impl VirtioDevice for Rng {
     fn reset(&mut self) {}
 
     fn save(&self) -> DeviceState {
-        serde_json::to_value(&self.state).unwrap_or_default()
+        super::save_json(&self.state)
     }
 
     fn restore(&mut self, state: &DeviceState) -> Result<(), String> {
-        self.state = serde_json::from_value(state.clone()).map_err(|e| e.to_string())?;
+        self.state = super::restore_json(state)?;
         Ok(())
     }
 
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
+    super::impl_as_any!();
 }
