@@ -43,6 +43,9 @@
 //! Options after `--`: `--quick`, `--no-qemu`, `--json PATH`. Arguments cargo
 //! or libtest pass (`--bench`, filters) are ignored.
 
+#[allow(dead_code)]
+#[path = "../common.rs"]
+mod common;
 mod floor;
 mod qemu;
 mod report;

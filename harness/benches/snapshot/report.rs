@@ -17,50 +17,9 @@ pub const TARGET_FULL: f64 = 100.0;
 /// 1 GiB over 128 MiB restore time that still counts as flat.
 pub const FLAT_LIMIT: f64 = 1.10;
 
-/// Summary of a sample.
-#[derive(Clone, Copy, Debug)]
-pub struct Stats {
-    n: usize,
-    min: f64,
-    q1: f64,
-    /// The median.
-    pub median: f64,
-    q3: f64,
-    max: f64,
-}
+pub use crate::common::Stats;
 
-impl Stats {
-    pub fn of(values: &[f64]) -> Stats {
-        let mut v = values.to_vec();
-        v.sort_by(f64::total_cmp);
-        // Quartile k/4 by linear interpolation between the closest ranks.
-        let q = |k: usize| -> f64 {
-            if v.is_empty() {
-                return f64::NAN;
-            }
-            let scaled = k * (v.len() - 1);
-            let (i, rem) = (scaled / 4, scaled % 4);
-            let j = (i + 1).min(v.len() - 1);
-            v[i] + (v[j] - v[i]) * rem as f64 / 4.0
-        };
-        Stats {
-            n: v.len(),
-            min: v.first().copied().unwrap_or(f64::NAN),
-            q1: q(1),
-            median: q(2),
-            q3: q(3),
-            max: v.last().copied().unwrap_or(f64::NAN),
-        }
-    }
-
-    pub fn json(&self, unit: &str) -> Value {
-        json!({
-            "unit": unit, "n": self.n, "median": self.median, "min": self.min,
-            "max": self.max, "q1": self.q1, "q3": self.q3,
-        })
-    }
-}
-
+/// `d` in microseconds.
 pub fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
