@@ -205,6 +205,7 @@ pub fn machine_info() -> Value {
     } else {
         "no /dev/kvm".to_string()
     };
+    let clocksource = read_trim("/sys/devices/system/clocksource/clocksource0/current_clocksource");
     let qemu = Command::new(QEMU)
         .arg("--version")
         .stdin(Stdio::null())
@@ -232,6 +233,7 @@ pub fn machine_info() -> Value {
         "kvm": kvm,
         "kvm_modules": modules,
         "host_is_vm": in_vm,
+        "clocksource": clocksource,
         "qemu": qemu,
         "lunavm_commit": git,
     })

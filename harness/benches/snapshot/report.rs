@@ -1,8 +1,6 @@
 //! Statistics, tables, the machine description, and the printed report and
 //! JSON of the snapshot benchmark.
 
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -98,79 +96,7 @@ pub fn mem_name(mem: u64) -> String {
     }
 }
 
-// ---------------------------------------------------------------- machine info
-
-fn read_trim(path: &str) -> Option<String> {
-    std::fs::read_to_string(path)
-        .ok()
-        .map(|s| s.trim().to_string())
-}
-
-pub fn machine_info() -> Value {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let cpu_field = |key: &str| {
-        cpuinfo
-            .lines()
-            .find(|l| l.split(':').next().is_some_and(|k| k.trim() == key))
-            .and_then(|l| l.split_once(':'))
-            .map(|(_, v)| v.trim().to_string())
-    };
-    let cpu_model = cpu_field("model name").unwrap_or_else(|| "unknown".into());
-    let in_vm = cpu_field("flags").is_some_and(|f| f.split_whitespace().any(|x| x == "hypervisor"));
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    let kernel = read_trim("/proc/sys/kernel/osrelease").unwrap_or_else(|| "unknown".into());
-    let modules: Vec<&str> = ["kvm_pvm", "kvm_intel", "kvm_amd"]
-        .into_iter()
-        .filter(|m| Path::new("/sys/module").join(m).exists())
-        .collect();
-    let kvm = if modules.contains(&"kvm_pvm") {
-        "software-nested: kvm_pvm (no VT-x/AMD-V; guest CPL0 code is emulated)".to_string()
-    } else if let Some(m) = modules.first() {
-        if in_vm {
-            format!("{m}, nested (this host is itself a VM)")
-        } else {
-            format!("{m}, bare metal")
-        }
-    } else if Path::new("/dev/kvm").exists() {
-        "/dev/kvm present, KVM vendor module not identified".to_string()
-    } else {
-        "no /dev/kvm".to_string()
-    };
-    let clocksource = read_trim("/sys/devices/system/clocksource/clocksource0/current_clocksource");
-    let qemu = Command::new(QEMU)
-        .arg("--version")
-        .stdin(Stdio::null())
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .map(str::to_string)
-        });
-    let git = Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stderr(Stdio::null())
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-    json!({
-        "cpu_model": cpu_model,
-        "cpus": cpus,
-        "kernel": kernel,
-        "kvm": kvm,
-        "kvm_modules": modules,
-        "host_is_vm": in_vm,
-        "clocksource": clocksource,
-        "qemu": qemu,
-        "lunavm_commit": git,
-    })
-}
+pub use crate::common::machine_info;
 
 // ---------------------------------------------------------------- the report
 
