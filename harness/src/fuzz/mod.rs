@@ -3,4 +3,5 @@
 //! device models through it, with no guest.
 
 pub mod device;
+pub mod elfmap;
 pub mod guarded;
