@@ -47,7 +47,17 @@ pub(super) fn scan_function(
     while decoder.can_decode() {
         decoder.decode_out(&mut instr);
         if instr.is_invalid() {
+            // Resynchronise one byte further: the decoder may have consumed
+            // more than the undecodable byte.
             block_ended = true;
+            let next = instr.ip().wrapping_add(1);
+            let Some(pos) = usize::try_from(next.wrapping_sub(start)).ok() else {
+                break;
+            };
+            if decoder.set_position(pos).is_err() {
+                break;
+            }
+            decoder.set_ip(next);
             continue;
         }
         let ip = instr.ip();
