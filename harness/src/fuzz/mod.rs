@@ -5,3 +5,4 @@
 pub mod device;
 pub mod elfmap;
 pub mod guarded;
+pub mod scenario;
