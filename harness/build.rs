@@ -142,9 +142,8 @@ impl Options {
 
 /// Runs one gcc command in guests/ and fails the build if it fails.
 fn run_gcc(cc: &str, dir: &std::path::Path, name: &str, cmd: &mut Command) {
-    let status = cmd
-        .current_dir(dir)
-        .status()
-        .unwrap_or_else(|e| panic!("cannot run {cc} to build guest {name}: {e} (install gcc, or set LUNAVM_GUEST_CC)"));
+    let status = cmd.current_dir(dir).status().unwrap_or_else(|e| {
+        panic!("cannot run {cc} to build guest {name}: {e} (install gcc, or set LUNAVM_GUEST_CC)")
+    });
     assert!(status.success(), "building guest {name} with {cc} failed");
 }

@@ -44,7 +44,13 @@ fn deliver(guest: &str, src: &str, hex: &str) -> String {
     let (len_addr, _) = symbol(guest, "lunavm_fuzz_input_len");
     let len_addr = format!("{len_addr:#x}");
     let run = lunavm(&["run", &script(), guest, src, hex, &len_addr]);
-    assert_eq!(run.code, Some(0), "stdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
+    assert_eq!(
+        run.code,
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        run.stdout,
+        run.stderr
+    );
     run.stdout
 }
 
@@ -83,12 +89,16 @@ fn packets_are_well_formed() {
     assert_eq!(bytes(BENIGN).len(), 12 + 12);
     assert_eq!(bytes(BUG2).len(), 12 + 12);
     let fnv = |p: &[u8]| {
-        p.iter()
-            .fold(0x811c_9dc5u32, |h, &b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
+        p.iter().fold(0x811c_9dc5u32, |h, &b| {
+            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+        })
     };
     let b3 = bytes(BUG3);
     assert_eq!(b3.len(), 13);
-    assert_eq!(u32::from_le_bytes(b3[8..12].try_into().unwrap()), fnv(&b3[12..]));
+    assert_eq!(
+        u32::from_le_bytes(b3[8..12].try_into().unwrap()),
+        fnv(&b3[12..])
+    );
 }
 
 #[test]
@@ -96,7 +106,10 @@ fn benign_packet_finishes_with_done_0() {
     for src in ["port", "buffer"] {
         let out = deliver("fuzzme", src, BENIGN);
         assert!(out.starts_with("stop: done 0x0\n"), "{src}:\n{out}");
-        assert!(out.contains("fuzzme: reg 3 = 0x1122334455667788\n"), "{out}");
+        assert!(
+            out.contains("fuzzme: reg 3 = 0x1122334455667788\n"),
+            "{out}"
+        );
         let fp = ucalls(&out, "FUZZ_POINT");
         assert_eq!(fp.len(), 1, "{out}");
         let cap = if src == "port" { "0x400" } else { "0x1000" };
@@ -112,7 +125,10 @@ fn bug1_panics_with_0x66() {
     for src in ["port", "buffer"] {
         let out = deliver("fuzzme", src, BUG1);
         assert!(out.starts_with("stop: exit 0x66\n"), "{src}:\n{out}");
-        assert!(out.ends_with("fuzzme panic: payload length beyond the packet\n"), "{out}");
+        assert!(
+            out.ends_with("fuzzme panic: payload length beyond the packet\n"),
+            "{out}"
+        );
     }
     insta::assert_snapshot!("bug1", pinned(&deliver("fuzzme", "buffer", BUG1)));
 }
@@ -159,7 +175,11 @@ fn fuzzme_cov_reports_its_map_and_comparisons() {
     let out = deliver("fuzzme_cov", "buffer", "585858580100000000000000");
     assert!(out.starts_with("stop: done 0x0\n"), "{out}");
     let cov = ucalls(&out, "COV_MAP");
-    assert_eq!(cov, [format!("ucall COV_MAP {map:#x} {map_size:#x}")], "{out}");
+    assert_eq!(
+        cov,
+        [format!("ucall COV_MAP {map:#x} {map_size:#x}")],
+        "{out}"
+    );
     assert_eq!(map_size, 8192);
     let cmps = ucalls(&out, "CMP");
     assert!(
@@ -211,7 +231,11 @@ fn without_a_packet_device_the_guest_finishes() {
     require_kvm();
     let run = lunavm(&["run", "--guest", "fuzzme"]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
-    assert!(run.stdout.contains("fuzzme: no packet device at 0x5f0\n"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("fuzzme: no packet device at 0x5f0\n"),
+        "{}",
+        run.stdout
+    );
     let run = lunavm(&["run", "--guest", "fuzzme", "--cmdline", "src=disk"]);
     assert_eq!(run.code, Some(0x5f), "{}", run.stderr);
 }

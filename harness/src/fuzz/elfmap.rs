@@ -180,7 +180,10 @@ impl ElfMap {
     /// starting closest below it).
     pub fn function_at(&self, addr: u64) -> Option<&Function> {
         let end = self.functions.partition_point(|f| f.addr <= addr);
-        self.functions[..end].iter().rev().find(|f| f.contains(addr))
+        self.functions[..end]
+            .iter()
+            .rev()
+            .find(|f| f.contains(addr))
     }
 
     /// Every block start, ascending and unique; a block's index here is its
@@ -197,7 +200,9 @@ impl ElfMap {
     /// The blocks inside `f`.
     pub fn blocks_in(&self, f: &Function) -> &[u64] {
         let lo = self.blocks.partition_point(|&a| a < f.addr);
-        let hi = self.blocks.partition_point(|&a| a < f.addr.saturating_add(f.size));
+        let hi = self
+            .blocks
+            .partition_point(|&a| a < f.addr.saturating_add(f.size));
         &self.blocks[lo..hi.max(lo)]
     }
 
@@ -249,7 +254,10 @@ mod tests {
         let Operand::Mem(mem) = magic.lhs else {
             panic!("{magic:?}")
         };
-        assert_eq!((mem.base, mem.index, mem.displacement), (Register::RDI, Register::None, 0));
+        assert_eq!(
+            (mem.base, mem.index, mem.displacement),
+            (Register::RDI, Register::None, 0)
+        );
     }
 
     #[test]
@@ -263,7 +271,10 @@ mod tests {
             }
             for (i, &b) in m.blocks().iter().enumerate() {
                 assert_eq!(m.block_index(b), Some(i));
-                assert!(m.function_at(b).is_some(), "{name}: block {b:#x} outside functions");
+                assert!(
+                    m.function_at(b).is_some(),
+                    "{name}: block {b:#x} outside functions"
+                );
             }
             let again = map(name);
             assert_eq!(again.blocks(), m.blocks());
@@ -311,7 +322,10 @@ mod tests {
         .unwrap();
         let f = plain.function("parse").unwrap();
         assert!(split.blocks_in(f).len() > plain.blocks_in(f).len());
-        assert!(plain.blocks().iter().all(|b| split.block_index(*b).is_some()));
+        assert!(plain
+            .blocks()
+            .iter()
+            .all(|b| split.block_index(*b).is_some()));
         assert!(plain.function("__sanitizer_cov_trace_pc").is_some());
     }
 
@@ -349,7 +363,10 @@ mod tests {
             let file = object::File::parse(&*elf).unwrap();
             let s = file.section_by_name(".symtab").unwrap();
             let (off, size) = s.file_range().unwrap();
-            (usize::try_from(off).unwrap(), usize::try_from(size).unwrap())
+            (
+                usize::try_from(off).unwrap(),
+                usize::try_from(size).unwrap(),
+            )
         };
         for sym in elf[off..off + size].chunks_exact_mut(24) {
             sym[4] = 0;

@@ -111,7 +111,9 @@ impl CmpSite {
             OpKind::Memory => instr.memory_size().size(),
             _ => return None,
         };
-        let width = u8::try_from(width).ok().filter(|w| matches!(w, 2 | 4 | 8))?;
+        let width = u8::try_from(width)
+            .ok()
+            .filter(|w| matches!(w, 2 | 4 | 8))?;
         let lhs = operand(instr, 0, width)?;
         let rhs = operand(instr, 1, width)?;
         if kind == CmpKind::Sub {
@@ -135,10 +137,7 @@ impl CmpSite {
     /// register, segment base or memory read is unavailable. Call it with
     /// the vCPU stopped at [`CmpSite::addr`], before the instruction runs.
     pub fn evaluate(&self, src: &dyn OperandSource) -> Option<(u64, u64)> {
-        Some((
-            self.value(&self.lhs, src)?,
-            self.value(&self.rhs, src)?,
-        ))
+        Some((self.value(&self.lhs, src)?, self.value(&self.rhs, src)?))
     }
 
     fn value(&self, op: &Operand, src: &dyn OperandSource) -> Option<u64> {
@@ -294,12 +293,18 @@ mod tests {
     fn cmp_memory_with_imm32_is_the_magic_compare() {
         // cmp dword [rdi], 0x414e554c
         let s = site(&[0x81, 0x3f, 0x4c, 0x55, 0x4e, 0x41], 0x1000).unwrap();
-        assert_eq!((s.addr, s.len, s.kind, s.width), (0x1000, 6, CmpKind::Cmp, 4));
+        assert_eq!(
+            (s.addr, s.len, s.kind, s.width),
+            (0x1000, 6, CmpKind::Cmp, 4)
+        );
         assert_eq!(s.rhs, Operand::Imm(0x414e_554c));
         let Operand::Mem(m) = s.lhs else {
             panic!("{:?}", s.lhs)
         };
-        assert_eq!((m.base, m.index, m.displacement), (Register::RDI, Register::None, 0));
+        assert_eq!(
+            (m.base, m.index, m.displacement),
+            (Register::RDI, Register::None, 0)
+        );
         assert_eq!(s.evaluate(&fake()), Some((0x414e_554c, 0x414e_554c)));
     }
 
@@ -307,7 +312,10 @@ mod tests {
     fn sub_registers_are_masked_and_imm8_sign_extended() {
         // cmp esi, eax
         let s = site(&[0x39, 0xc6], 0).unwrap();
-        assert_eq!((s.lhs, s.rhs), (Operand::Reg(Register::ESI), Operand::Reg(Register::EAX)));
+        assert_eq!(
+            (s.lhs, s.rhs),
+            (Operand::Reg(Register::ESI), Operand::Reg(Register::EAX))
+        );
         assert_eq!(s.evaluate(&fake()), Some((0x3333_4444, 0x8765_4321)));
         // cmp r8w, -2 (imm8 sign-extended to 16 bits)
         let s = site(&[0x66, 0x41, 0x83, 0xf8, 0xfe], 0).unwrap();
@@ -352,10 +360,18 @@ mod tests {
     #[test]
     fn segment_bases_come_from_the_source() {
         // cmp word fs:[0x10], 0x5555
-        let s = site(&[0x64, 0x66, 0x81, 0x3c, 0x25, 0x10, 0, 0, 0, 0x55, 0x55], 0).unwrap();
+        let s = site(
+            &[0x64, 0x66, 0x81, 0x3c, 0x25, 0x10, 0, 0, 0, 0x55, 0x55],
+            0,
+        )
+        .unwrap();
         assert_eq!(s.evaluate(&fake()), Some((0x5555, 0x5555)));
         // the same through gs: no base known, no values
-        let s = site(&[0x65, 0x66, 0x81, 0x3c, 0x25, 0x10, 0, 0, 0, 0x55, 0x55], 0).unwrap();
+        let s = site(
+            &[0x65, 0x66, 0x81, 0x3c, 0x25, 0x10, 0, 0, 0, 0x55, 0x55],
+            0,
+        )
+        .unwrap();
         assert_eq!(s.evaluate(&fake()), None);
     }
 

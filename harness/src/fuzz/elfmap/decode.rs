@@ -115,14 +115,22 @@ mod tests {
     /// 1012: c3              ret
     /// ```
     const CODE: &[u8] = &[
-        0x83, 0xff, 0x0a, 0x7f, 0x06, 0xe8, 0, 0, 0, 0, 0xc3, 0x89, 0xf8, 0xeb, 0xf1, 0x75,
-        0xf0, 0x06, 0xc3,
+        0x83, 0xff, 0x0a, 0x7f, 0x06, 0xe8, 0, 0, 0, 0, 0xc3, 0x89, 0xf8, 0xeb, 0xf1, 0x75, 0xf0,
+        0x06, 0xc3,
     ];
 
     fn scan(code: &[u8], split_at_calls: bool) -> (Vec<u64>, Vec<CmpSite>) {
         let (mut blocks, mut cmps) = (Vec::new(), Vec::new());
         let mut scratch = Scratch::default();
-        scan_function(64, 0x1000, code, split_at_calls, &mut scratch, &mut blocks, &mut cmps);
+        scan_function(
+            64,
+            0x1000,
+            code,
+            split_at_calls,
+            &mut scratch,
+            &mut blocks,
+            &mut cmps,
+        );
         blocks.sort_unstable();
         blocks.dedup();
         (blocks, cmps)
@@ -156,7 +164,15 @@ mod tests {
     #[test]
     fn bad_bitness_is_no_panic() {
         let (mut blocks, mut cmps) = (Vec::new(), Vec::new());
-        scan_function(17, 0, CODE, false, &mut Scratch::default(), &mut blocks, &mut cmps);
+        scan_function(
+            17,
+            0,
+            CODE,
+            false,
+            &mut Scratch::default(),
+            &mut blocks,
+            &mut cmps,
+        );
         assert!(blocks.is_empty() && cmps.is_empty());
     }
 }
