@@ -33,7 +33,7 @@
  *      over dev.stats, the pointer to the statistics the driver bumps next.
  *      A non-canonical value raises #GP (runtime: "lunavm: unexpected
  *      exception 13 (#GP) ...", status 0x7d); a canonical one above 4 GiB
- *      raises #PF (status 0x7e):
+ *      raises #PF (status 0x7e); one below 4 GiB is a silent wild write:
  *        4c554e41 01 00 0c00 00000000 08000000 4141414141414141
  *   3. CTRL op "RS" honours a reset request from the device by loading an
  *      empty IDT and executing ud2: a triple fault (lunavm: "shutdown").

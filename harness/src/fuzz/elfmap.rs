@@ -10,7 +10,10 @@
 //! comparison sites) is mapped in 0.18 s. x86 only: 64-bit ELFs
 //! are decoded as 64-bit code, 32-bit ones as 32-bit code. Functions without
 //! a size (assembly labels) are not decoded; undecodable bytes end a block
-//! and are skipped.
+//! and are skipped. Nothing in an ELF says which mode a function runs in, so
+//! 32-bit boot code in a 64-bit image (the runtime's `pvh_start32`, Linux's
+//! `startup_32`) is decoded as 64-bit code: its blocks are meaningless, and
+//! harmless for fuzzing, which starts long after that code ran.
 
 mod cmp;
 mod decode;
