@@ -16,7 +16,8 @@
  *   12     len  payload
  *
  *   SET  payload: u32 index, u64 value: regs[index] = value (index 0..7)
- *   CTRL payload: u8 op, ...: 'P' ping; 'R' reset the machine
+ *   CTRL payload: u16 op, ...: 0x4750 ("PG") ping; 0x5352 ("RS") reset
+ *                 the machine
  *
  * A packet shorter than 12 bytes, with another magic, of an unknown type or
  * failing a check is rejected: the guest prints why and finishes normally.
@@ -32,12 +33,12 @@
  *      over dev.stats, the pointer to the statistics the driver bumps next.
  *      A non-canonical value raises #GP (runtime: "lunavm: unexpected
  *      exception 13 (#GP) ...", status 0x7d); a canonical one above 4 GiB
- *      raises #PF (status 0x7e):
+ *      raises #PF (status 0x7e); one below 4 GiB is a silent wild write:
  *        4c554e41 01 00 0c00 00000000 08000000 4141414141414141
- *   3. CTRL op 'R' honours a reset request from the device by loading an
+ *   3. CTRL op "RS" honours a reset request from the device by loading an
  *      empty IDT and executing ud2: a triple fault (lunavm: "shutdown").
  *      Guarded by the checksum:
- *        4c554e41 02 00 0100 b5140cd7 52
+ *        4c554e41 02 00 0200 12e6046e 5253
  *
  * Where the packet comes from (command line `src=`):
  *
@@ -72,6 +73,8 @@
 #define TYPE_SET 1
 #define TYPE_CTRL 2
 #define NREGS 8
+#define CTRL_PING 0x4750 /* "PG" */
+#define CTRL_RESET 0x5352 /* "RS" */
 
 #define PKT_PORT 0x5f0
 #define PKT_REG_ADDR (PKT_PORT + 0)
@@ -179,16 +182,16 @@ static void reset_machine(void)
 
 static int cmd_ctrl(const uint8_t *p, uint32_t len, uint32_t csum)
 {
-	if (len < 1)
-		return reject("empty CTRL");
+	if (len < 2)
+		return reject("short CTRL");
 	if (fnv1a(p, len) != csum)
 		return reject("bad checksum");
 	dev.stats->ctrls++;
-	switch (p[0]) {
-	case 'P':
+	switch (get_le16(p)) {
+	case CTRL_PING:
 		say("fuzzme: ping\n");
 		return 0;
-	case 'R':
+	case CTRL_RESET:
 		reset_machine();
 		return reject("still running after the reset");
 	default:

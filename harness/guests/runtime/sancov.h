@@ -12,14 +12,16 @@
  * - trace-cmp: comparisons call __sanitizer_cov_trace_[const_]cmp{1,2,4,8}
  *   and switches __sanitizer_cov_trace_switch; sancov.c reports the operands
  *   with ucall CMP(a, b, size in bytes, pc) -- only for 2-, 4- and 8-byte
- *   operands that differ, at most LUNAVM_SANCOV_MAX_CMPS per fuzz iteration
- *   (each report is a VM exit). For const_cmp, a is the compile-time
- *   constant; for a switch, a is each case value and b the switch operand.
+ *   operands that differ, at most LUNAVM_SANCOV_MAX_PER_SITE times per call
+ *   site (so a loop's compare does not crowd out the rest) and
+ *   LUNAVM_SANCOV_MAX_CMPS in all per fuzz iteration (each report is a VM
+ *   exit). For const_cmp, a is the compile-time constant; for a switch,
+ *   b is the operand and a the nearest case value below it, then above it.
  *
  * The guest calls sancov_register() once (ucall COV_MAP with the map's
  * address and size; CMP reports start after it) and sancov_reset() right
- * before its fuzz point, so a snapshot taken there holds an empty map and a
- * full CMP budget, and each iteration's map shows that iteration alone.
+ * before its fuzz point, so a snapshot taken there holds an empty map and
+ * full CMP budgets, and each iteration's map shows that iteration alone.
  */
 #ifndef LUNAVM_SANCOV_H
 #define LUNAVM_SANCOV_H
@@ -34,6 +36,11 @@
 /* CMP ucalls sent per iteration at most. */
 #ifndef LUNAVM_SANCOV_MAX_CMPS
 #define LUNAVM_SANCOV_MAX_CMPS 64
+#endif
+
+/* CMP ucalls per call site and iteration at most (sites hashed into 256 slots). */
+#ifndef LUNAVM_SANCOV_MAX_PER_SITE
+#define LUNAVM_SANCOV_MAX_PER_SITE 2
 #endif
 
 /* The coverage byte map (page-aligned, in .bss). */

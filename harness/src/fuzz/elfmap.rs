@@ -5,11 +5,15 @@
 //! breakpoint).
 //!
 //! One linear decoding pass over every function symbol (`STT_FUNC` with a
-//! size, in an executable section), so a Linux vmlinux with tens of
-//! thousands of functions is mapped in about a second. x86 only: 64-bit ELFs
+//! size, in an executable section) and sorting, nothing quadratic: the
+//! project's test vmlinux (76 MB, 15,900 functions, 181,000 blocks, 48,000
+//! comparison sites) is mapped in 0.18 s. x86 only: 64-bit ELFs
 //! are decoded as 64-bit code, 32-bit ones as 32-bit code. Functions without
 //! a size (assembly labels) are not decoded; undecodable bytes end a block
-//! and are skipped.
+//! and are skipped. Nothing in an ELF says which mode a function runs in, so
+//! 32-bit boot code in a 64-bit image (the runtime's `pvh_start32`, Linux's
+//! `startup_32`) is decoded as 64-bit code: its blocks are meaningless, and
+//! harmless for fuzzing, which starts long after that code ran.
 
 mod cmp;
 mod decode;
