@@ -63,6 +63,10 @@ struct FuzzArgs {
     /// Write a Lua regression test replaying FILE into DIR.
     #[arg(long, value_names = ["FILE", "DIR"], num_args = 2, conflicts_with = "plot")]
     to_test: Option<Vec<PathBuf>>,
+    /// Record each new crash (crashes/SIGNATURE.json, artifacts/crash-SIGNATURE) and go on
+    /// fuzzing instead of stopping at the first.
+    #[arg(long)]
+    keep_going: bool,
     /// Write the campaign's coverage-over-time plot (SVG) to FILE.
     #[arg(long, value_name = "FILE")]
     plot: Option<PathBuf>,
@@ -464,6 +468,7 @@ fn cmd_fuzz(a: FuzzArgs) -> u8 {
         to_test,
         plot: a.plot,
         libfuzzer: a.libfuzzer,
+        keep_going: a.keep_going,
     })
 }
 

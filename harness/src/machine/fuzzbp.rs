@@ -74,9 +74,11 @@ pub struct FuzzBreakpoints {
     sites: HashMap<u64, Site>,
     /// Blocks hit (indices), in hit order.
     pub hits: Vec<u32>,
-    /// (guest-physical address, original byte) of the blocks hit: the front
-    /// end writes these into its snapshot.
-    pub removed: Vec<(u64, u8)>,
+    /// (guest-physical address, original byte, block index) of the
+    /// breakpoints taken out: blocks hit (the front end writes them into its
+    /// snapshot once it keeps the input) and compare sites lunavm cannot
+    /// execute (no index; always written).
+    pub removed: Vec<(u64, u8, Option<u32>)>,
     /// Comparisons seen, in order (at most [`MAX_CMPS`] per drain).
     pub cmps: Vec<CmpEvent>,
     /// Hits of each compare site since the last drain.
@@ -88,6 +90,10 @@ pub struct FuzzBreakpoints {
 /// iteration, and its later iterations teach the fuzzer nothing new. The
 /// `int3` comes back with the next snapshot restore (the page is dirty).
 pub const CMP_HITS_PER_RUN: u32 = 4;
+
+/// What the fuzzing breakpoints saw: block indices hit, breakpoints taken
+/// out (see [`FuzzBreakpoints::removed`]) and comparisons.
+pub type FuzzFeedback = (Vec<u32>, Vec<(u64, u8, Option<u32>)>, Vec<CmpEvent>);
 
 /// Comparisons kept per execution; more are executed but not recorded.
 pub const MAX_CMPS: usize = 4096;
@@ -180,7 +186,9 @@ impl Machine {
 
     /// Takes what the fuzzing breakpoints saw since the last call: (block
     /// indices hit, removed (gpa, byte) pairs, comparisons).
-    pub fn drain_fuzz_feedback(&mut self) -> (Vec<u32>, Vec<(u64, u8)>, Vec<CmpEvent>) {
+    pub fn drain_fuzz_feedback(
+        &mut self,
+    ) -> (Vec<u32>, Vec<(u64, u8, Option<u32>)>, Vec<CmpEvent>) {
         self.fuzz_bps.cmp_hits.clear();
         (
             std::mem::take(&mut self.fuzz_bps.hits),
@@ -215,7 +223,9 @@ impl Machine {
                 // One-shot: the byte goes back here and in the snapshot.
                 memory::write_phys(&self.vm.mem, site.gpa, &[site.orig]);
                 self.fuzz_bps.sites.remove(&pc);
-                self.fuzz_bps.removed.push((site.gpa, site.orig));
+                self.fuzz_bps
+                    .removed
+                    .push((site.gpa, site.orig, Some(index)));
                 if self.fuzz_bps.sites.is_empty() {
                     self.apply_debug_regs()?;
                 }
@@ -245,7 +255,7 @@ impl Machine {
                 // unmapped): give the guest its byte back for good.
                 memory::write_phys(&self.vm.mem, site.gpa, &[site.orig]);
                 self.fuzz_bps.sites.remove(&pc);
-                self.fuzz_bps.removed.push((site.gpa, site.orig));
+                self.fuzz_bps.removed.push((site.gpa, site.orig, None));
             }
         }
         Ok(None)

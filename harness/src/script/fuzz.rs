@@ -32,6 +32,7 @@ pub fn register(lua: &Lua, st: &Shared) -> mlua::Result<()> {
                 coverage: None,
                 cmp: None,
                 workdir: std::env::temp_dir(),
+                keep_going: false,
             };
             let mut engine =
                 Engine::open_from(&session, false).map_err(|e| format!("{scenario}: {e}"))?;

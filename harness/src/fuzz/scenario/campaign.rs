@@ -72,6 +72,12 @@ pub struct CrashRecord {
     pub flaky: bool,
     /// The replay's verdict when it differed.
     pub replay: Option<Verdict>,
+    /// Seconds from the start of the process that found it.
+    pub found_after_secs: f64,
+    /// Executions that process ran until it found it.
+    pub found_after_execs: u64,
+    /// The input file (`--keep-going`; otherwise libFuzzer's artifact).
+    pub input_file: Option<PathBuf>,
 }
 
 /// Counts of one process.
@@ -124,7 +130,11 @@ pub fn feed(exec: &Execution, engine: &Engine) {
         if (c.from_guest && !cmp.guest) || (!c.from_guest && !cmp.breakpoints) {
             continue;
         }
-        libfuzzer::trace_cmp(c.a, c.b, c.size);
+        // Equal operands teach the mutator nothing and would crowd out
+        // useful pairs in its small table of recent compares.
+        if c.a != c.b {
+            libfuzzer::trace_cmp(c.a, c.b, c.size);
+        }
         // Value profile: each (site, bits still different) pair is a feature.
         let diff = (c.a ^ c.b).count_ones() as usize;
         let site = usize::try_from(c.pc.wrapping_mul(0x9e37_79b9) >> 4).unwrap_or(0);
@@ -186,7 +196,11 @@ impl State {
         self.stats.execs += 1;
         self.stats.exits += exec.exits;
         let engine = self.engine.as_ref().unwrap_or_else(|| unreachable!());
-        feed(&exec, engine);
+        // Crashes and hangs are not kept (-1): their coverage is not theirs
+        // to claim (their one-shot blocks were armed again).
+        if exec.verdict.class == Class::Ok {
+            feed(&exec, engine);
+        }
         let verdict = exec.verdict.clone();
         let rc = match verdict.class {
             Class::Ok => 0,
@@ -231,6 +245,13 @@ impl State {
         let replay = engine.execute(input).ok().map(|e| e.verdict);
         let engine = self.engine.as_ref().unwrap_or_else(|| unreachable!());
         let flaky = replay.as_ref().is_none_or(|r| r.signature() != sig);
+        let input_file = self.session.keep_going.then(|| {
+            let dir = self.session.workdir.join("artifacts");
+            let _ = std::fs::create_dir_all(&dir);
+            let f = dir.join(format!("crash-{sig}"));
+            let _ = std::fs::write(&f, input);
+            f
+        });
         let record = CrashRecord {
             signature: sig.clone(),
             verdict: exec.verdict.clone(),
@@ -238,6 +259,9 @@ impl State {
             input_hex: hex(input),
             flaky,
             replay: if flaky { replay } else { None },
+            found_after_secs: self.start.elapsed().as_secs_f64(),
+            found_after_execs: self.stats.execs,
+            input_file,
         };
         let _ = file.write_all(&serde_json::to_vec_pretty(&record).unwrap_or_default());
         self.progress(true);
@@ -259,6 +283,9 @@ impl State {
             eprintln!("  serial| {l}");
         }
         eprintln!("  record: {}", path.display());
+        if self.session.keep_going {
+            return -1;
+        }
         // libFuzzer saves the input as an artifact on abort.
         std::process::abort();
     }
@@ -303,10 +330,7 @@ impl State {
 
 /// A short content hash for file names.
 pub fn short_hash(b: &[u8]) -> String {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    b.hash(&mut h);
-    format!("{:016x}", h.finish())
+    format!("{:016x}", super::verdict::fnv1a64(b))
 }
 
 extern "C" fn test_one_input(data: *const u8, size: usize) -> c_int {

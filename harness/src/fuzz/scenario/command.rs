@@ -36,6 +36,8 @@ pub struct FuzzOptions {
     pub plot: Option<PathBuf>,
     /// libFuzzer's flags and corpus folders.
     pub libfuzzer: Vec<String>,
+    /// Record crashes and go on (see [`FuzzSession::keep_going`]).
+    pub keep_going: bool,
 }
 
 impl FuzzOptions {
@@ -97,6 +99,7 @@ pub fn prepare(o: &FuzzOptions) -> Result<(FuzzSession, PathBuf), CampaignError>
         coverage: o.coverage,
         cmp: o.cmp,
         workdir: std::fs::canonicalize(&workdir).unwrap_or(workdir),
+        keep_going: o.keep_going,
     };
     let path = campaign::write_session(&session)?;
     Ok((session, path))
@@ -154,8 +157,9 @@ fn run_inner(o: &FuzzOptions) -> Result<u8, CampaignError> {
             crate::report::format_ns(r.first.vtime_ns)
         );
         println!(
-            "coverage: {} new blocks, {} comparisons",
+            "coverage: {} new blocks, {} non-zero bytes in the guest's map, {} comparisons",
             r.first.new_blocks.len(),
+            r.first.guest_map.iter().filter(|&&b| b != 0).count(),
             r.first.cmps.len()
         );
         for c in r.first.cmps.iter().take(16) {

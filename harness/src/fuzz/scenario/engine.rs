@@ -80,6 +80,10 @@ pub struct FuzzSession {
     pub cmp: Option<CmpFeedback>,
     /// Where crash records, hangs and the progress log go.
     pub workdir: PathBuf,
+    /// Record new crashes and go on fuzzing instead of handing them to
+    /// libFuzzer (which ends the process); lunavm saves their inputs.
+    #[serde(default)]
+    pub keep_going: bool,
 }
 
 /// Environment variable naming the session file of a libFuzzer child.
@@ -425,20 +429,7 @@ impl Engine {
             }
             None => Vec::new(),
         };
-        // One-shot blocks leave the snapshot too: later restores keep them out.
-        if !removed.is_empty() {
-            let s = &mut *g;
-            if let (Some(m), Some((_, snap, _))) = (
-                s.machine.as_ref(),
-                s.snapshots.iter_mut().find(|(i, _, _)| *i == self.snap_id),
-            ) {
-                for (gpa, byte) in &removed {
-                    m.patch_snapshot(snap, *gpa, &[*byte]);
-                }
-            }
-        }
         drop(g);
-        self.blocks_seen += hits.len();
         let mut exec = Execution {
             verdict,
             serial,
@@ -452,7 +443,45 @@ impl Engine {
         if let Some(f) = &self.verdict_fn {
             self.apply_verdict_fn(f.clone(), &mut exec)?;
         }
+        self.settle_blocks(&mut exec, &removed)?;
         Ok(exec)
+    }
+
+    /// One-shot blocks are credited to an input libFuzzer keeps: after an
+    /// ok verdict they leave the snapshot too, so later restores keep them
+    /// out. After a crash or hang (which the fuzzer does not keep) they are
+    /// armed again, so the next input that reaches them is credited.
+    fn settle_blocks(
+        &mut self,
+        exec: &mut Execution,
+        removed: &[(u64, u8, Option<u32>)],
+    ) -> Result<(), EngineError> {
+        let keep = exec.verdict.class == Class::Ok;
+        let st = self.sc.shared().clone();
+        let mut g = st.borrow_mut();
+        let s = &mut *g;
+        let (Some(m), Some((_, snap, _))) = (
+            s.machine.as_mut(),
+            s.snapshots.iter_mut().find(|(i, _, _)| *i == self.snap_id),
+        ) else {
+            return Ok(());
+        };
+        for &(gpa, byte, block) in removed {
+            match block {
+                Some(index) if !keep => {
+                    if let Some(&addr) = self.blocks.get(index as usize) {
+                        m.add_fuzz_breakpoint(addr, FuzzSiteKind::Block(index))?;
+                    }
+                }
+                _ => {
+                    m.patch_snapshot(snap, gpa, &[byte]);
+                }
+            }
+        }
+        if keep {
+            self.blocks_seen += exec.new_blocks.len();
+        }
+        Ok(())
     }
 
     /// Lets the scenario's `fuzz_verdict(ev, ctx)` override the verdict: it

@@ -2,7 +2,6 @@
 //! is one entry however many inputs reach it.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 
 use crate::machine::{Machine, StopReason};
 use crate::vm::access;
@@ -72,20 +71,27 @@ impl Verdict {
 
     /// The grouping key: class, reason and the innermost three frames (or
     /// the title when there is no location), as 16 hex digits.
+    /// Stable across lunavm versions and hosts (FNV-1a, 64-bit).
     pub fn signature(&self) -> String {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        self.class.name().hash(&mut h);
-        self.reason.hash(&mut h);
+        let mut key = format!("{}/{}", self.class.name(), self.reason);
         if self.frames.is_empty() && self.pc == 0 {
-            self.title.hash(&mut h);
+            key.push('/');
+            key.push_str(&self.title);
         } else {
-            self.pc.hash(&mut h);
+            key.push_str(&format!("/{:x}", self.pc));
             for f in self.frames.iter().take(3) {
-                f.hash(&mut h);
+                key.push_str(&format!("/{f:x}"));
             }
         }
-        format!("{:016x}", h.finish())
+        format!("{:016x}", fnv1a64(key.as_bytes()))
     }
+}
+
+/// FNV-1a, 64-bit: a small stable hash for signatures and file names.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// Reads a little-endian u64 at guest-virtual `addr` with the current page tables.
@@ -222,7 +228,6 @@ pub fn classify(
                     format!("exception {} at {}", vector_name(*vec), symbolize(rip)),
                 );
                 v.pc = rip;
-                v.frames = vec![rip];
                 v
             }
             None => {
