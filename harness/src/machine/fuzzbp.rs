@@ -186,9 +186,7 @@ impl Machine {
 
     /// Takes what the fuzzing breakpoints saw since the last call: (block
     /// indices hit, removed (gpa, byte) pairs, comparisons).
-    pub fn drain_fuzz_feedback(
-        &mut self,
-    ) -> (Vec<u32>, Vec<(u64, u8, Option<u32>)>, Vec<CmpEvent>) {
+    pub fn drain_fuzz_feedback(&mut self) -> FuzzFeedback {
         self.fuzz_bps.cmp_hits.clear();
         (
             std::mem::take(&mut self.fuzz_bps.hits),
