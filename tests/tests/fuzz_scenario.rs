@@ -232,8 +232,7 @@ fn fork_children_start_from_the_saved_fuzz_point() {
     let last = run
         .stderr
         .lines()
-        .filter(|l| l.starts_with('#') && l.contains(" corp: "))
-        .last()
+        .rfind(|l| l.starts_with('#') && l.contains(" corp: "))
         .unwrap_or_else(|| panic!("no fork progress line: {}", run.stderr));
     let corp: u64 = last
         .split(" corp: ")
