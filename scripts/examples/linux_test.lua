@@ -95,9 +95,15 @@ function test_icmp_echo_request_gets_a_reply()
   t.eq(ev.reason, "breakpoint")
   local bt = linux.format_backtrace(k:backtrace())
   t.match(bt, "^icmp_rcv\nip_protocol_deliver_rcu%+0x%x+\nip_local_deliver%+0x%x+\n")
-  for _, f in ipairs{"ip_list_rcv", "virtnet_poll", "net_rx_action", "irq_exit_rcu", "common_interrupt"} do
-    t.match(bt, "\n" .. f .. "%+0x%x+\n?", f .. " in\n" .. bt)
+  for _, f in ipairs{"ip_list_rcv", "virtnet_poll", "net_rx_action", "handle_softirqs"} do
+    t.match(bt, "\n" .. f .. "%+0x%x+\n", f .. " in\n" .. bt)
   end
+  -- The softirq ran on the way out of the card's interrupt, or in ksoftirqd
+  -- (which of the two varies between runs: a host-timed forward-progress
+  -- kick is a determinism hole lunavm reports); the walk ends at the bottom
+  -- of that stack either way.
+  local last = bt:match("([^\n]+)$")
+  t.ok(last:find("^common_interrupt%+") or last:find("^ret_from_fork%+"), "the last frame: " .. last)
   -- The reply.
   local _, p = net.wait_frame(function(_, q) return q.icmp ~= nil end,
     {timeout = "1s", arp = {mac = HOST_MAC, ip = HOST_IP}})
