@@ -98,10 +98,11 @@ function test_icmp_echo_request_gets_a_reply()
   for _, f in ipairs{"ip_list_rcv", "virtnet_poll", "net_rx_action", "handle_softirqs"} do
     t.match(bt, "\n" .. f .. "%+0x%x+\n", f .. " in\n" .. bt)
   end
-  -- The softirq ran on the way out of the card's interrupt, or in ksoftirqd
-  -- (which of the two varies between runs: a host-timed forward-progress
-  -- kick is a determinism hole lunavm reports); the walk ends at the bottom
-  -- of that stack either way.
+  -- The softirq ran on the way out of the card's interrupt, or in ksoftirqd:
+  -- which of the two varies between runs (most likely the host-timed
+  -- forward-progress kicks that interrupt the spinning /init, a determinism
+  -- hole lunavm counts in its run summary); the walk ends at the bottom of
+  -- that stack either way.
   local last = bt:match("([^\n]+)$")
   t.ok(last:find("^common_interrupt%+") or last:find("^ret_from_fork%+"), "the last frame: " .. last)
   -- The reply.
