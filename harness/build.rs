@@ -56,30 +56,55 @@ fn main() {
         if line.trim().is_empty() || line.starts_with('#') {
             continue;
         }
-        let mut fields = line.splitn(3, '\t');
+        let mut fields = line.splitn(4, '\t');
         let (Some(name), Some(proto), Some(desc)) = (fields.next(), fields.next(), fields.next())
         else {
-            panic!("guests/guests.txt: malformed line {line:?} (want name<TAB>protocol<TAB>description)");
+            panic!("guests/guests.txt: malformed line {line:?} (want name<TAB>protocol<TAB>description[<TAB>options])");
         };
+        let opts = Options::parse(name, fields.next().unwrap_or(""));
         let (arch, entry): (&[&str], &str) = match proto {
             "pvh" => (&["-m64"], "runtime/pvh.S"),
             "multiboot" => (&["-m32", "-march=i686"], "runtime/multiboot.S"),
             other => panic!("guests/guests.txt: {name}: unknown protocol {other}"),
         };
         let elf = out.join(format!("{name}.elf"));
-        let status = Command::new(&cc)
-            .current_dir(&guests_dir)
-            .args(arch)
-            .args(COMMON)
-            .args(RUNTIME_C)
-            .arg("runtime/isr.S")
-            .arg(entry)
-            .arg(format!("guests/{name}.c"))
-            .arg("-o")
-            .arg(&elf)
-            .status()
-            .unwrap_or_else(|e| panic!("cannot run {cc} to build guest {name}: {e} (install gcc, or set LUNAVM_GUEST_CC)"));
-        assert!(status.success(), "building guest {name} with {cc} failed");
+        let source = format!("guests/{}.c", opts.source.as_deref().unwrap_or(name));
+        // With cflags, the guest's own source is compiled first, alone, so the
+        // flags (coverage instrumentation, say) never reach the runtime.
+        let guest_input = if opts.cflags.is_empty() {
+            source
+        } else {
+            let obj = out.join(format!("{name}.guest.o"));
+            run_gcc(
+                &cc,
+                &guests_dir,
+                name,
+                Command::new(&cc)
+                    .args(arch)
+                    .args(COMMON)
+                    .args(&opts.cflags)
+                    .arg("-c")
+                    .arg(&source)
+                    .arg("-o")
+                    .arg(&obj),
+            );
+            obj.display().to_string()
+        };
+        run_gcc(
+            &cc,
+            &guests_dir,
+            name,
+            Command::new(&cc)
+                .args(arch)
+                .args(COMMON)
+                .args(RUNTIME_C)
+                .args(&opts.runtime)
+                .arg("runtime/isr.S")
+                .arg(entry)
+                .arg(&guest_input)
+                .arg("-o")
+                .arg(&elf),
+        );
         table.push_str(&format!(
             "    Guest {{ name: {name:?}, protocol: {proto:?}, description: {desc:?}, elf: include_bytes!({:?}) }},\n",
             elf.display().to_string()
@@ -87,4 +112,38 @@ fn main() {
     }
     table.push_str("];\n");
     std::fs::write(out.join("guests.rs"), table).expect("OUT_DIR is writable");
+}
+
+/// The optional fourth column of guests.txt: space-separated words.
+#[derive(Default)]
+struct Options {
+    /// `source=NAME`: build from guests/NAME.c (default: the guest's name).
+    source: Option<String>,
+    /// `cflags=FLAG` (repeatable): extra flags for the guest's source only.
+    cflags: Vec<String>,
+    /// `runtime=FILE` (repeatable): extra runtime files, built without cflags.
+    runtime: Vec<String>,
+}
+
+impl Options {
+    fn parse(name: &str, column: &str) -> Options {
+        let mut o = Options::default();
+        for word in column.split_whitespace() {
+            match word.split_once('=') {
+                Some(("source", v)) => o.source = Some(v.to_string()),
+                Some(("cflags", v)) => o.cflags.push(v.to_string()),
+                Some(("runtime", v)) => o.runtime.push(v.to_string()),
+                _ => panic!("guests/guests.txt: {name}: unknown option {word:?} (want source=, cflags= or runtime=)"),
+            }
+        }
+        o
+    }
+}
+
+/// Runs one gcc command in guests/ and fails the build if it fails.
+fn run_gcc(cc: &str, dir: &std::path::Path, name: &str, cmd: &mut Command) {
+    let status = cmd.current_dir(dir).status().unwrap_or_else(|e| {
+        panic!("cannot run {cc} to build guest {name}: {e} (install gcc, or set LUNAVM_GUEST_CC)")
+    });
+    assert!(status.success(), "building guest {name} with {cc} failed");
 }

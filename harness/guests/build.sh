@@ -26,7 +26,7 @@ RUNTIME_C="runtime/idt.c runtime/serial.c runtime/start.c runtime/string.c runti
 
 cd "$here"
 tab=$(printf '\t')
-while IFS="$tab" read -r name proto _desc; do
+while IFS="$tab" read -r name proto _desc opts; do
 	case "$name" in '' | '#'*) continue ;; esac
 	if [ $# -gt 0 ]; then
 		want=no
@@ -38,9 +38,24 @@ while IFS="$tab" read -r name proto _desc; do
 	multiboot) arch="-m32 -march=i686" entry=runtime/multiboot.S ;;
 	*) echo "build.sh: $name: unknown protocol '$proto'" >&2; exit 1 ;;
 	esac
+	source=$name cflags="" extra=""
+	for word in $opts; do
+		case "$word" in
+		source=*) source=${word#source=} ;;
+		cflags=*) cflags="$cflags ${word#cflags=}" ;;
+		runtime=*) extra="$extra ${word#runtime=}" ;;
+		*) echo "build.sh: $name: unknown option '$word'" >&2; exit 1 ;;
+		esac
+	done
+	input="guests/$source.c"
 	set -x
+	if [ -n "$cflags" ]; then
+		# shellcheck disable=SC2086
+		$CC $arch $COMMON $cflags -c "$input" -o "$out/$name.guest.o"
+		input="$out/$name.guest.o"
+	fi
 	# shellcheck disable=SC2086
-	$CC $arch $COMMON $RUNTIME_C runtime/isr.S $entry "guests/$name.c" \
+	$CC $arch $COMMON $RUNTIME_C $extra runtime/isr.S $entry "$input" \
 		-o "$out/$name.elf"
 	{ set +x; } 2>/dev/null
 done < guests.txt

@@ -152,6 +152,7 @@ pub fn exit_code_for(stop: &StopReason, qemu_exit_codes: bool) -> u8 {
         | StopReason::Ucall { .. }
         | StopReason::Completed { .. }
         | StopReason::Breakpoint { .. }
+        | StopReason::CrashSite { .. }
         | StopReason::Watch { .. }
         | StopReason::Stepped { .. }
         | StopReason::Interrupted

@@ -26,8 +26,49 @@ enum Command {
     Run(RunArgs),
     /// Run Lua scenario tests: every `test_*` function of every `*_test.lua` file under PATHs.
     Test(TestArgs),
+    /// Fuzz a guest from a Lua scenario's fuzz point with libFuzzer (see scripts/README.md, "Fuzzing").
+    Fuzz(FuzzArgs),
     /// List the built-in guests.
     Guests,
+}
+
+#[derive(Args)]
+struct FuzzArgs {
+    /// The fuzz scenario: defines fuzz_setup, fuzz_inject and optionally fuzz_start,
+    /// fuzz_verdict and the fuzz_config table.
+    #[arg(value_name = "SCENARIO.lua")]
+    scenario: PathBuf,
+    /// An argument for the scenario's `arg` table (repeatable).
+    #[arg(long = "arg", value_name = "VALUE")]
+    args: Vec<String>,
+    /// Work directory: fuzz point, corpus, artifacts, crash records (default lunavm-fuzz/STEM).
+    #[arg(long, value_name = "DIR")]
+    workdir: Option<PathBuf>,
+    /// Run fuzz_setup again even when the work directory holds a fuzz point.
+    #[arg(long)]
+    fresh: bool,
+    /// Seed of the machine.
+    #[arg(long, value_name = "N", default_value_t = entropy::DEFAULT_SEED)]
+    seed: u64,
+    /// Coverage sources: blocks (breakpoints from the guest ELF), guest (the guest's own
+    /// map), all or none; overrides fuzz_config.coverage.
+    #[arg(long, value_name = "LIST")]
+    coverage: Option<String>,
+    /// Comparison feedback: breakpoints, guest (ucall CMP), all or none; overrides fuzz_config.cmp.
+    #[arg(long, value_name = "LIST")]
+    cmp: Option<String>,
+    /// Replay one input from the fuzz point and print its verdict, backtrace and serial output.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["to_test", "plot"])]
+    repro: Option<PathBuf>,
+    /// Write a Lua regression test replaying FILE into DIR.
+    #[arg(long, value_names = ["FILE", "DIR"], num_args = 2, conflicts_with = "plot")]
+    to_test: Option<Vec<PathBuf>>,
+    /// Write the campaign's coverage-over-time plot (SVG) to FILE.
+    #[arg(long, value_name = "FILE")]
+    plot: Option<PathBuf>,
+    /// libFuzzer's flags and corpus folders, after `--`.
+    #[arg(last = true, value_name = "LIBFUZZER FLAGS")]
+    libfuzzer: Vec<String>,
 }
 
 #[derive(Args)]
@@ -380,11 +421,70 @@ fn cmd_guests() -> u8 {
     exit_code::SUCCESS
 }
 
+fn cmd_fuzz(a: FuzzArgs) -> u8 {
+    use lunavm::fuzz::scenario::command::{self, FuzzOptions};
+    use lunavm::fuzz::scenario::config::{parse_sources, CmpFeedback, Coverage};
+    let coverage = match a
+        .coverage
+        .as_deref()
+        .map(|s| parse_sources(s, ["blocks", "guest"]))
+    {
+        None => None,
+        Some(Ok([blocks, guest_map])) => Some(Coverage { blocks, guest_map }),
+        Some(Err(e)) => {
+            eprintln!("lunavm: error: --coverage: {e}");
+            return exit_code::BAD_INPUT;
+        }
+    };
+    let cmp = match a
+        .cmp
+        .as_deref()
+        .map(|s| parse_sources(s, ["breakpoints", "guest"]))
+    {
+        None => None,
+        Some(Ok([breakpoints, guest])) => Some(CmpFeedback { breakpoints, guest }),
+        Some(Err(e)) => {
+            eprintln!("lunavm: error: --cmp: {e}");
+            return exit_code::BAD_INPUT;
+        }
+    };
+    let to_test = a.to_test.and_then(|v| match v.as_slice() {
+        [f, d] => Some((f.clone(), d.clone())),
+        _ => None,
+    });
+    command::run(&FuzzOptions {
+        scenario: a.scenario,
+        args: a.args,
+        workdir: a.workdir,
+        fresh: a.fresh,
+        seed: a.seed,
+        coverage,
+        cmp,
+        repro: a.repro,
+        to_test,
+        plot: a.plot,
+        libfuzzer: a.libfuzzer,
+    })
+}
+
 fn main() -> ExitCode {
+    // A libFuzzer child of `lunavm fuzz` (-fork, -jobs, minimisation) gets
+    // libFuzzer's flags only; its session is in the environment.
+    let argv: Vec<String> = std::env::args().collect();
+    if let Some(session) = lunavm::fuzz::scenario::campaign::child_session(&argv) {
+        return match lunavm::fuzz::scenario::campaign::run_libfuzzer(&session, &argv) {
+            Ok(rc) => ExitCode::from(u8::try_from(rc.clamp(0, 255)).unwrap_or(1)),
+            Err(e) => {
+                eprintln!("lunavm fuzz: error: {e}");
+                ExitCode::from(exit_code::BAD_INPUT)
+            }
+        };
+    }
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Run(args) => cmd_run(args),
         Command::Test(args) => cmd_test(args),
+        Command::Fuzz(args) => cmd_fuzz(args),
         Command::Guests => cmd_guests(),
     };
     ExitCode::from(code)

@@ -31,6 +31,7 @@ int guest_main(const char *cmdline);
 /* Exit statuses used by the runtime itself (guest statuses stay below 0x60). */
 #define LUNAVM_EXIT_ASSERT 0x6e      /* GUEST_ASSERT failed */
 #define LUNAVM_EXIT_BAD_BOOT 0x6d    /* no valid PVH/multiboot magic */
+#define LUNAVM_EXIT_PANIC 0x66       /* a guest's own panic function (fuzzme_panic) */
 #define LUNAVM_EXIT_UNEXPECTED_IRQ 0x7f /* exception >= 15 or interrupt without handler */
 #define LUNAVM_EXIT_EXCEPTION(v) (0x70 + (v)) /* unexpected exception v, 0 <= v <= 14 */
 

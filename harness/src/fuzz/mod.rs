@@ -3,4 +3,6 @@
 //! device models through it, with no guest.
 
 pub mod device;
+pub mod elfmap;
 pub mod guarded;
+pub mod scenario;

@@ -234,6 +234,7 @@ impl GdbTarget {
             | StopReason::Intercepted { .. }
             | StopReason::Ucall { .. }
             | StopReason::Completed { .. }
+            | StopReason::CrashSite { .. }
             | StopReason::SerialMatch { .. } => SingleThreadStopReason::Signal(Signal::SIGTRAP),
             StopReason::GuestExit { .. } | StopReason::Done { .. } => {
                 SingleThreadStopReason::Exited(exit_code_for(&stop, self.qemu_exit_codes))

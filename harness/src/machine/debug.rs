@@ -172,7 +172,7 @@ impl Machine {
     /// breakpoints are set).
     pub(crate) fn apply_debug_regs(&mut self) -> Result<(), MachineError> {
         let mut dbg = self.debug_regs.guest_debug();
-        if !self.sw_breakpoints.list().is_empty() {
+        if !self.sw_breakpoints.list().is_empty() || !self.fuzz_bps.is_empty() {
             dbg.control |= KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_SW_BP;
         }
         for vcpu in &self.vcpus {

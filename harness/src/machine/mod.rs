@@ -4,6 +4,7 @@
 
 pub mod cpu;
 pub mod debug;
+pub mod fuzzbp;
 pub mod intercept;
 pub mod kick;
 pub mod platform;
@@ -160,6 +161,9 @@ pub enum MachineError {
     /// A software breakpoint could not be set.
     #[error(transparent)]
     SwBreakpoint(#[from] swbp::SwBreakpointError),
+    /// A fuzzing breakpoint could not be placed.
+    #[error(transparent)]
+    FuzzBreakpoint(#[from] fuzzbp::FuzzBpError),
     /// A watch could not be set or removed.
     #[error(transparent)]
     Watch(#[from] watch::WatchError),
@@ -202,6 +206,8 @@ pub struct Machine {
     pub(crate) watches: watch::Watches,
     /// `int3` breakpoints written into guest memory.
     pub(crate) sw_breakpoints: swbp::SwBreakpoints,
+    /// The fuzzer's breakpoints (coverage, compares, crash sites).
+    pub(crate) fuzz_bps: fuzzbp::FuzzBreakpoints,
     /// The last stop was a breakpoint: step over its instruction (with the
     /// breakpoints off) before running on.
     pub(crate) resume_over_breakpoint: bool,
@@ -322,6 +328,7 @@ impl Machine {
             debug_regs: debug::DebugRegs::default(),
             watches: watch::Watches::default(),
             sw_breakpoints: swbp::SwBreakpoints::default(),
+            fuzz_bps: fuzzbp::FuzzBreakpoints::default(),
             resume_over_breakpoint: false,
             step_over_armed: false,
             reg_cache: RegCache::default(),

@@ -489,6 +489,13 @@ impl Machine {
             Pending::Debug {
                 pc,
                 exception: BP_VECTOR,
+            } if self.is_fuzz_breakpoint(pc) => {
+                // Harness-caused: no virtual time passes.
+                self.fuzz_breakpoint_hit(pc)?
+            }
+            Pending::Debug {
+                pc,
+                exception: BP_VECTOR,
             } if !self.is_sw_breakpoint(pc) => {
                 // The guest's own int3 (KVM reports every #BP while software
                 // breakpoints are set): deliver it as KVM would have.
@@ -499,6 +506,10 @@ impl Machine {
                 // A harness-caused exit: no virtual time passes.
                 self.resume_over_breakpoint = true;
                 Some(StopReason::Breakpoint { addr: pc })
+            }
+            Pending::Emulation if self.emulated_fuzz_breakpoint()?.is_some() => {
+                let pc = self.emulated_fuzz_breakpoint()?.unwrap_or_default();
+                self.fuzz_breakpoint_hit(pc)?
             }
             Pending::Emulation => match self.emulated_sw_breakpoint()? {
                 // Our int3, which KVM's emulator cannot run: a breakpoint
@@ -593,13 +604,38 @@ impl Machine {
             Command::Sync if cond.on_sync || cond.sync_id == Some(first) => {
                 Some(StopReason::Sync { id: first })
             }
-            Command::Sync | Command::FuzzPoint | Command::CovMap | Command::Cmp => None,
+            Command::Cmp => {
+                // A guest built with trace-cmp reports its comparisons: keep
+                // them for the fuzzer (bounded; drained per execution).
+                if self.fuzz_bps.cmps.len() < super::fuzzbp::MAX_CMPS {
+                    let arg = |i: usize| call.args.get(i).copied().unwrap_or(0);
+                    self.fuzz_bps.cmps.push(super::fuzzbp::CmpEvent {
+                        pc: arg(3),
+                        a: arg(0),
+                        b: arg(1),
+                        size: u8::try_from(arg(2).min(8)).unwrap_or(8),
+                        from_guest: true,
+                    });
+                }
+                None
+            }
+            Command::Sync | Command::FuzzPoint | Command::CovMap => None,
         };
         Ok(match stop {
             Some(s) => Some(s),
             None if self.intercepts.ucalls => Some(StopReason::Ucall { call }),
             None => None,
         })
+    }
+
+    /// The address of a fuzzing breakpoint when the instruction KVM failed
+    /// to emulate is one.
+    fn emulated_fuzz_breakpoint(&self) -> Result<Option<u64>, MachineError> {
+        if self.fuzz_bps.is_empty() {
+            return Ok(None);
+        }
+        let lrip = linear_rip(&self.regs()?, &self.sregs()?);
+        Ok(self.is_fuzz_breakpoint(lrip).then_some(lrip))
     }
 
     /// The address of our software breakpoint when the instruction KVM

@@ -105,6 +105,12 @@ pub enum StopReason {
         /// The breakpoint's address.
         addr: u64,
     },
+    /// The guest reached a fuzzer's stop breakpoint (a crash site: a panic
+    /// function, an exception handler); RIP is at it.
+    CrashSite {
+        /// The breakpoint's address.
+        addr: u64,
+    },
     /// A guest access hit a watch; the accessing instruction has completed.
     Watch {
         /// The access and the watch it hit.
@@ -213,6 +219,7 @@ impl StopReason {
             StopReason::Ucall { call } => format!("intercepted ucall {}", call.cmd.name()),
             StopReason::Completed { entry } => format!("completed {}", entry.name()),
             StopReason::Breakpoint { addr } => format!("breakpoint at {addr:#x}"),
+            StopReason::CrashSite { addr } => format!("crash site at {addr:#x}"),
             StopReason::Watch { hit } => format!(
                 "watch {} hit: {} of {} bytes at physical {:#x} (value {:#x})",
                 hit.id,

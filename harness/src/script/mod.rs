@@ -6,6 +6,7 @@ mod clock;
 pub mod convert;
 mod cpu;
 mod dev;
+mod fuzz;
 mod io;
 mod mem;
 pub mod runner;
@@ -29,7 +30,8 @@ use session::Session;
 
 /// Every namespace the API registers, in reference order.
 pub const NAMESPACES: &[&str] = &[
-    "vm", "mem", "cpu", "pio", "mmio", "dev", "hook", "serial", "clock", "t", "virtio", "sym",
+    "vm", "mem", "cpu", "pio", "mmio", "dev", "hook", "serial", "clock", "t", "virtio", "fuzz",
+    "sym",
 ];
 
 /// The helper library shipped with lunavm, preloaded as `require("lunavm.NAME")`.
@@ -101,6 +103,7 @@ impl Scenario {
             snapshot::register(&lua, &session)?;
             t::register(&lua, &session)?;
             virtio::register(&lua, &session)?;
+            fuzz::register(&lua, &session)?;
             sym::register(&lua, &session)?;
             let preload: Table = lua.globals().get::<Table>("package")?.get("preload")?;
             for (name, src) in LIBRARY {
@@ -212,6 +215,16 @@ impl Scenario {
     /// hands them to the gdb server).
     pub(crate) fn from_parts(lua: Lua, session: Shared) -> Scenario {
         Scenario { lua, session }
+    }
+
+    /// The Lua state.
+    pub(crate) fn lua(&self) -> &Lua {
+        &self.lua
+    }
+
+    /// The session behind the bindings.
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.session
     }
 
     /// Makes `machine` the session's machine (as if `vm.boot` had built it).

@@ -8,7 +8,7 @@ use crate::snapshot::file;
 
 /// A snapshot handle.
 pub struct SnapHandle {
-    id: u64,
+    pub(crate) id: u64,
     st: Shared,
 }
 
@@ -54,7 +54,7 @@ fn handle_id(h: &AnyUserData) -> ApiResult<u64> {
         .id)
 }
 
-fn take(st: &Shared) -> ApiResult<SnapHandle> {
+pub(crate) fn take(st: &Shared) -> ApiResult<SnapHandle> {
     let devices: Vec<(u64, Option<mlua::Function>, bool, String)> = st
         .borrow()
         .devices
@@ -82,7 +82,7 @@ fn take(st: &Shared) -> ApiResult<SnapHandle> {
     Ok(SnapHandle { id, st: st.clone() })
 }
 
-fn restore(lua: &Lua, st: &Shared, id: u64, opts: Option<Table>) -> ApiResult<Table> {
+pub(crate) fn restore(lua: &Lua, st: &Shared, id: u64, opts: Option<Table>) -> ApiResult<Table> {
     let verify = match &opts {
         Some(t) => t
             .get::<Option<bool>>("verify")

@@ -273,6 +273,10 @@ pub fn event(lua: &Lua, st: &Shared, end: RunEnd) -> ApiResult<Table> {
             ev.set("addr", to_lua_int(*addr))?;
             "breakpoint"
         }
+        StopReason::CrashSite { addr } => {
+            ev.set("addr", to_lua_int(*addr))?;
+            "crash_site"
+        }
         StopReason::Watch { hit } => {
             ev.set("id", to_lua_int(hit.id))?;
             ev.set("addr", to_lua_int(hit.gpa))?;

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
+use vm_memory::{Address, Bytes, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 
 use crate::boot::LoadedKernel;
 use crate::clock::Clock;
@@ -415,6 +415,29 @@ impl Machine {
         self.platform.refresh_deadline();
         self.snapshot_base = Some(snap.id);
         Ok(stats)
+    }
+
+    /// Writes `bytes` at guest-physical `gpa` of `snap`'s copy of memory (the
+    /// fuzzer takes its one-shot coverage breakpoints out of its snapshot
+    /// this way). Whether the range was in one RAM region.
+    pub fn patch_snapshot(&self, snap: &mut Snapshot, gpa: u64, bytes: &[u8]) -> bool {
+        for (region, copy) in self.vm.mem.iter().zip(snap.memory.iter_mut()) {
+            let start = region.start_addr().raw_value();
+            let Some(off) = gpa.checked_sub(start) else {
+                continue;
+            };
+            let Ok(off) = usize::try_from(off) else {
+                continue;
+            };
+            if let Some(dst) = off
+                .checked_add(bytes.len())
+                .and_then(|end| copy.get_mut(off..end))
+            {
+                dst.copy_from_slice(bytes);
+                return true;
+            }
+        }
+        false
     }
 
     /// The hash of the machine's memory and vCPU state now (see [`state_hash`]).
