@@ -1,6 +1,6 @@
 //! Lua scenarios: one Lua 5.4 state per scenario or test, with the API
 //! namespaces (`vm`, `mem`, `cpu`, `pio`, `mmio`, `dev`, `hook`, `serial`,
-//! `clock`, `t`, `virtio`, `sym`) bound to one machine, and the `lunavm test` runner.
+//! `clock`, `t`, `virtio`, `fuzz`, `sym`) bound to one machine, and the `lunavm test` runner.
 
 mod clock;
 pub mod convert;
