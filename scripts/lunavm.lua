@@ -752,6 +752,75 @@ function snapshot.save(handle, path) end
 function snapshot.load(path) end
 
 -- ---------------------------------------------------------------------------
+-- sym
+-- ---------------------------------------------------------------------------
+
+---A symbol table `sym.load` or `sym.guest` returned.
+---@class lunavm.Symbols
+---@field count integer How many symbols it holds.
+---@field source string The file it came from (`guest:NAME` for a built-in guest).
+local Symbols = {}
+
+---The address of symbol `name` (a global one when there are several); an
+---error naming the symbol when there is none.
+---@param name string
+---@return integer
+function Symbols:addr(name) end
+
+---The address of symbol `name`, or nil.
+---@param name string
+---@return integer?
+function Symbols:lookup(name) end
+
+---The code symbol holding `addr`: `"name+0x12"` (`"name"` at its start),
+---its name and the offset; nil when no code symbol holds it.
+---@param addr integer
+---@return string? symbol
+---@return string? name
+---@return integer? offset
+function Symbols:resolve(addr) end
+
+---The same as `sym.backtrace(self, opts)`.
+---@param opts? lunavm.BacktraceOptions
+---@return lunavm.Frame[]
+function Symbols:backtrace(opts) end
+
+---Options of a backtrace.
+---@class lunavm.BacktraceOptions
+---@field max? integer Frames at most (default 32).
+---@field rip? integer Start here instead of the vCPU's RIP.
+---@field rsp? integer Start with this RSP.
+---@field rbp? integer Start with this RBP.
+
+---One frame of a backtrace.
+---@class lunavm.Frame
+---@field addr integer RIP (frame 1) or a return address.
+---@field symbol string `"name+0x12"`, or the address in hex when no symbol holds it.
+---@field name? string The function.
+---@field offset? integer The offset of `addr` into it.
+
+---Guest symbol tables (ELF or System.map) and frame-pointer backtraces.
+sym = {}
+
+---Loads the symbols of an ELF file (a `vmlinux`, any guest ELF) or of a
+---`System.map`.
+---@param path string
+---@return lunavm.Symbols
+function sym.load(path) end
+
+---The symbols of a built-in guest's ELF.
+---@param name string
+---@return lunavm.Symbols
+function sym.guest(name) end
+
+---The frame-pointer backtrace of the vCPU, resolved with `symbols`: the
+---chain of saved RBPs, read through the current page tables.
+---@param symbols lunavm.Symbols
+---@param opts? lunavm.BacktraceOptions
+---@return lunavm.Frame[]
+function sym.backtrace(symbols, opts) end
+
+-- ---------------------------------------------------------------------------
 -- t
 -- ---------------------------------------------------------------------------
 

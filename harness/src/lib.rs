@@ -22,6 +22,7 @@ pub mod repeat;
 pub mod report;
 pub mod script;
 pub mod snapshot;
+pub mod symbols;
 pub mod ucall;
 pub mod units;
 pub mod vm;

@@ -1,6 +1,6 @@
 //! Lua scenarios: one Lua 5.4 state per scenario or test, with the API
 //! namespaces (`vm`, `mem`, `cpu`, `pio`, `mmio`, `dev`, `hook`, `serial`,
-//! `clock`, `t`) bound to one machine, and the `lunavm test` runner.
+//! `clock`, `t`, `virtio`, `fuzz`, `sym`) bound to one machine, and the `lunavm test` runner.
 
 mod clock;
 pub mod convert;
@@ -13,6 +13,7 @@ pub mod runner;
 mod serial;
 pub mod session;
 pub mod snapshot;
+mod sym;
 mod t;
 mod virtio;
 mod vm;
@@ -30,6 +31,7 @@ use session::Session;
 /// Every namespace the API registers, in reference order.
 pub const NAMESPACES: &[&str] = &[
     "vm", "mem", "cpu", "pio", "mmio", "dev", "hook", "serial", "clock", "t", "virtio", "fuzz",
+    "sym",
 ];
 
 /// The helper library shipped with lunavm, preloaded as `require("lunavm.NAME")`.
@@ -43,6 +45,7 @@ const LIBRARY: &[(&str, &str)] = &[
         "lunavm.linux",
         include_str!("../../../scripts/lib/linux.lua"),
     ),
+    ("lunavm.net", include_str!("../../../scripts/lib/net.lua")),
 ];
 
 /// Errors of loading or running a scenario.
@@ -101,6 +104,7 @@ impl Scenario {
             t::register(&lua, &session)?;
             virtio::register(&lua, &session)?;
             fuzz::register(&lua, &session)?;
+            sym::register(&lua, &session)?;
             let preload: Table = lua.globals().get::<Table>("package")?.get("preload")?;
             for (name, src) in LIBRARY {
                 let chunk = lua
