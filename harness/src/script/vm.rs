@@ -107,6 +107,9 @@ fn boot(st: &Shared, opts: Option<Table>) -> ApiResult<()> {
     if let Some(seed) = opt::<i64>(&opts, "seed")? {
         config.seed = from_lua_int(seed);
     }
+    if let Some(mode) = opt::<String>(&opts, "syscall_compat")? {
+        config.syscall_compat = mode.parse()?;
+    }
     config.virtio = super::virtio::boot_devices(&opts)?;
     let cmdline: String = opt(&opts, "cmdline")?.unwrap_or_default();
     let mut modules = Vec::new();
