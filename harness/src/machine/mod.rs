@@ -304,6 +304,10 @@ impl Machine {
         platform.install(&mut pio_bus)?;
 
         let irq_edges = crate::devices::irq::IrqEdges::new();
+        devices::bus::lock(&serial).connect_irq(crate::devices::irq::IrqLine::new(
+            irq_edges.clone(),
+            devices::SERIAL_IRQ,
+        ));
         let mut mmio_bus = Bus::new();
         let device_clock = crate::devices::virtio::pcap::DeviceClock::new();
         let virtio = virtio::create(
