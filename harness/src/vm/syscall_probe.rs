@@ -73,6 +73,16 @@ pub enum Transition {
     Failed(String),
 }
 
+impl std::fmt::Display for Transition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Transition::Works => write!(f, "works"),
+            Transition::WrongCpl(cpl) => write!(f, "wrong CPL {cpl}"),
+            Transition::Failed(exit) => write!(f, "failed: {exit}"),
+        }
+    }
+}
+
 /// What the host does with SYSCALL and SYSRET.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SyscallProbe {
