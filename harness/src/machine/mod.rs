@@ -320,11 +320,12 @@ impl Machine {
         )?;
 
         let completer = Completer::new(config.no_complete.clone(), config.seed);
-        let syscall_compat = syscall_compat::SyscallCompat::new(
+        let mut syscall_compat = syscall_compat::SyscallCompat::new(
             config.syscall_compat,
             syscall_probe,
             completer.is_disabled(emulate::Entry::Syscall),
         );
+        syscall_compat.trap_lstar(&vm.fd);
         Ok(Machine {
             config,
             vcpus: vec![vcpu],

@@ -40,6 +40,8 @@ enum Pending {
         exception: u32,
     },
     Internal(u32),
+    /// The guest wrote LSTAR (the SYSCALL path's MSR filter sent it here).
+    LstarWrite(u64),
     FailEntry(u64),
     Kicked,
     /// A guest access to a watched page, completed (the harness's exit).
@@ -347,6 +349,14 @@ impl Machine {
                         Pending::Internal(suberror)
                     }
                 }
+                Ok(VcpuExit::X86Wrmsr(exit))
+                    if exit.index == crate::vm::syscall_probe::MSR_LSTAR =>
+                {
+                    // Performed below, with KVM_SET_MSRS (filters do not
+                    // apply to the VMM's own accesses).
+                    *exit.error = 0;
+                    Pending::LstarWrite(exit.data)
+                }
                 Ok(VcpuExit::FailEntry(reason, _cpu)) => Pending::FailEntry(reason),
                 Ok(other) => Pending::Unexpected(format!("{other:?}")),
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
@@ -437,6 +447,11 @@ impl Machine {
     ) -> Result<Option<StopReason>, MachineError> {
         Ok(match pending {
             Pending::None | Pending::Watched { .. } => None,
+            // Harness-caused (the SYSCALL path's filter): no virtual time.
+            Pending::LstarWrite(value) => {
+                self.lstar_written(value)?;
+                None
+            }
             Pending::Kicked => self.kicked(),
             Pending::Write { port, data, len } => {
                 self.clock.charge(Charge::Pio);

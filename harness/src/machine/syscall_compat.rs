@@ -8,9 +8,14 @@
 //!
 //! - An execution breakpoint (one debug register, owner
 //!   [`Owner::SyscallCompat`]) sits on the guest's #PF handler, read from
-//!   the IDT's vector-14 gate. The gate is looked up again at each `run`
-//!   call, at each interrupt lunavm injects, and at every exit while no
-//!   handler is known, so the breakpoint follows the kernel's IDT changes.
+//!   the IDT's vector-14 gate. The gate is looked up again when the guest
+//!   writes LSTAR (an MSR filter makes that write exit to lunavm, which
+//!   performs it), at each `run` call, at each interrupt lunavm injects, and
+//!   at every exit while no handler is known, so the breakpoint follows the
+//!   kernel's IDT changes. What it cannot see: a guest that moves its #PF
+//!   handler after writing LSTAR and then reaches user mode and a SYSCALL
+//!   with no exit and no interrupt in between (Linux sets its final IDT
+//!   before LSTAR).
 //! - At a hit, the exception frame on the stack is a SYSCALL that did not
 //!   switch when: the error code says a user-mode instruction fetch, the
 //!   saved CS has RPL 3, the saved RIP is LSTAR, EFER.SCE is set, and the
@@ -100,6 +105,8 @@ pub struct SyscallCompatReport {
     pub page_faults: u64,
     /// Whether the path could not get a debug register (all four taken).
     pub starved: bool,
+    /// Whether the guest's writes to LSTAR exit to lunavm (an MSR filter).
+    pub lstar_trap: bool,
 }
 
 /// The path's state inside the machine.
@@ -111,6 +118,7 @@ pub struct SyscallCompat {
     handler: Option<u64>,
     page_faults: u64,
     starved: bool,
+    lstar_trap: bool,
 }
 
 impl SyscallCompat {
@@ -130,7 +138,33 @@ impl SyscallCompat {
             handler: None,
             page_faults: 0,
             starved: false,
+            lstar_trap: false,
         }
+    }
+
+    /// Makes the guest's writes to LSTAR exit to the VMM (KVM's userspace MSR
+    /// exits with a filter denying that one write), when the path is on.
+    /// A KVM without them leaves the path to its other triggers.
+    pub fn trap_lstar(&mut self, vm: &kvm_ioctls::VmFd) {
+        if !self.active {
+            return;
+        }
+        let cap = kvm_bindings::kvm_enable_cap {
+            cap: kvm_bindings::KVM_CAP_X86_USER_SPACE_MSR,
+            args: [u64::from(kvm_bindings::KVM_MSR_EXIT_REASON_FILTER), 0, 0, 0],
+            ..Default::default()
+        };
+        let deny = [0u8];
+        let range = kvm_ioctls::MsrFilterRange {
+            flags: kvm_ioctls::MsrFilterRangeFlags::WRITE,
+            base: MSR_LSTAR,
+            msr_count: 1,
+            bitmap: &deny,
+        };
+        self.lstar_trap = vm.enable_cap(&cap).is_ok()
+            && vm
+                .set_msr_filter(kvm_ioctls::MsrFilterDefaultAction::ALLOW, &[range])
+                .is_ok();
     }
 
     /// Whether the path is on.
@@ -166,9 +200,15 @@ impl Machine {
             probe: c.probe.clone(),
             active: c.active,
             handler: c.handler,
-            completed: self.completer.counts().get(&Entry::Syscall).copied().unwrap_or(0),
+            completed: self
+                .completer
+                .counts()
+                .get(&Entry::Syscall)
+                .copied()
+                .unwrap_or(0),
             page_faults: c.page_faults,
             starved: c.starved,
+            lstar_trap: c.lstar_trap,
         }
     }
 
@@ -197,6 +237,13 @@ impl Machine {
             }
         }
         Ok(())
+    }
+
+    /// Performs the guest's write of `value` to LSTAR that the MSR filter
+    /// sent here, then looks at the IDT again.
+    pub(crate) fn lstar_written(&mut self, value: u64) -> Result<(), MachineError> {
+        self.wrmsr(MSR_LSTAR, value)?;
+        self.sync_syscall_compat()
     }
 
     /// The address in the IDT's vector-14 gate, in long mode with a present gate.
@@ -266,8 +313,7 @@ impl Machine {
         let [star, lstar, sfmask] = self.syscall_msrs()?;
         let mut insn = [0u8; 2];
         if rip != lstar
-            || access::read_virt(&self.vm.mem, &pregs, regs.rcx.wrapping_sub(2), &mut insn)
-                .is_err()
+            || access::read_virt(&self.vm.mem, &pregs, regs.rcx.wrapping_sub(2), &mut insn).is_err()
             || insn != SYSCALL_BYTES
         {
             return page_fault(self);

@@ -59,6 +59,7 @@ pub fn register(lua: &Lua, st: &Shared) -> mlua::Result<()> {
         t.set("completed", to_lua_int(c.completed))?;
         t.set("page_faults", to_lua_int(c.page_faults))?;
         t.set("starved", c.starved)?;
+        t.set("lstar_trap", c.lstar_trap)?;
         Ok(t)
     })?;
     add_fn(lua, &t, st, "vm", "exits", |lua, st, ()| {
