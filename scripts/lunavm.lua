@@ -82,6 +82,7 @@
 ---@field pcap? string With `net`: capture every frame to this pcap file.
 ---@field vconsole? boolean A virtio-console (`virtio.write`/`virtio.read`).
 ---@field rng? boolean A virtio-rng fed from the seed.
+---@field syscall_compat? "auto"|"on"|"off" When lunavm finishes SYSCALLs the host leaves at CPL3 (default "auto": when the startup probe finds it needed), as `--syscall-compat`.
 
 ---Stop conditions of `vm.run`; all optional, the first that holds ends the run.
 ---@class lunavm.RunOptions
@@ -122,6 +123,18 @@
 ---@field unclaimed_pio_writes integer Port writes no device claimed.
 ---@field unclaimed_mmio_reads integer MMIO reads no device claimed.
 ---@field unclaimed_mmio_writes integer MMIO writes no device claimed.
+
+---What `vm.syscall_compat` reports.
+---@class lunavm.SyscallCompat
+---@field mode "auto"|"on"|"off" The requested mode.
+---@field active boolean Whether the path is on.
+---@field probe_syscall string What SYSCALL from CPL3 did in the startup probe: "works", "wrong CPL 3" or "failed: ...".
+---@field probe_sysret string What SYSRET from CPL0 did in the probe.
+---@field handler? integer The guest #PF handler the path's breakpoint is on.
+---@field completed integer SYSCALLs lunavm finished (the completion entry `syscall`).
+---@field page_faults integer Other page faults that passed the breakpoint.
+---@field starved boolean No debug register was free for the breakpoint.
+---@field lstar_trap boolean The guest's LSTAR writes exit to lunavm (MSR filter).
 
 ---The machine.
 vm = {}
@@ -165,6 +178,10 @@ function vm.state_hash() end
 ---Exit counters since boot.
 ---@return lunavm.ExitCounters
 function vm.exits() end
+
+---The SYSCALL compatibility path: what the host does, what lunavm did.
+---@return lunavm.SyscallCompat
+function vm.syscall_compat() end
 
 -- ---------------------------------------------------------------------------
 -- mem

@@ -6,6 +6,7 @@
 //! ```text
 //! 0x0000_0000 - 0x0000_0fff  real-mode IVT/BDA page (RAM, left zero)
 //! 0x0000_1000 - 0x0000_1fff  CPU probe scratch page (harness, cleared after use)
+//! 0x0000_2000 - 0x0000_4fff  SYSCALL probe page tables (harness, cleared after use)
 //! 0x0000_6000 - 0x0000_6fff  boot information page (hvm_start_info / multiboot info)
 //! 0x0000_7000 - 0x0000_7fff  memory map and module list
 //! 0x0000_8000 - 0x0000_8fff  boot GDT (harness)
@@ -25,6 +26,8 @@
 pub const PAGE_SIZE: u64 = 0x1000;
 /// Physical page used to probe the effective CPUID before boot; zeroed afterwards.
 pub const CPU_PROBE_ADDR: u64 = 0x1000;
+/// Three pages of page tables for the SYSCALL probe before boot; zeroed afterwards.
+pub const SYSCALL_PROBE_TABLES_ADDR: u64 = 0x2000;
 /// Where the boot information block (PVH `hvm_start_info`, multiboot info) goes.
 pub const BOOT_INFO_ADDR: u64 = 0x6000;
 /// Where the memory map and module list go.

@@ -161,6 +161,9 @@ struct RunArgs {
     /// Switch off instruction completion: all, or a list such as int3,xgetbv.
     #[arg(long, value_name = "LIST", num_args = 0..=1, default_missing_value = "all")]
     no_complete: Option<String>,
+    /// Finish SYSCALLs that the host leaves at CPL3: auto (when the startup probe finds the host needs it), on or off.
+    #[arg(long, value_name = "MODE", default_value = "auto")]
+    syscall_compat: lunavm::machine::syscall_compat::SyscallCompatMode,
     /// Print no summary on stderr.
     #[arg(long, short)]
     quiet: bool,
@@ -370,6 +373,7 @@ fn cmd_run(args: RunArgs) -> u8 {
             irqchip: args.irqchip,
             rtc_start: args.rtc_start,
             virtio,
+            syscall_compat: args.syscall_compat,
         },
         stop: StopCondition {
             max_exits: args.max_exits,

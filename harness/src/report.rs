@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use crate::boot::Protocol;
 use crate::devices::bus::Unclaimed;
+use crate::machine::syscall_compat::SyscallCompatReport;
 use crate::machine::{ExitCounts, Machine, StopReason, UcallLog};
 use crate::vm::cpuid::CpuProfile;
 
@@ -63,6 +64,8 @@ pub struct RunReport {
     pub unclaimed_mmio: Unclaimed,
     /// Instructions completed for KVM, per table entry.
     pub completions: BTreeMap<&'static str, u64>,
+    /// The SYSCALL compatibility path: what the host does, what lunavm did.
+    pub syscall_compat: SyscallCompatReport,
     /// ucall traffic.
     pub ucalls: UcallLog,
     /// Last POST code and number of writes to port 0x80.
@@ -113,6 +116,7 @@ impl RunReport {
                 .iter()
                 .map(|(e, n)| (e.name(), *n))
                 .collect(),
+            syscall_compat: machine.syscall_compat(),
             ucalls: machine.ucalls().clone(),
             post_code: machine.post_code(),
             serial_bytes: machine.serial_output().len(),
@@ -184,6 +188,20 @@ impl RunReport {
                 .map(|(k, v)| format!("{k} {v}"))
                 .collect();
             let _ = writeln!(s, "  completed  {}", list.join(", "));
+        }
+        let c = &self.syscall_compat;
+        if c.active && (c.completed > 0 || c.page_faults > 0 || c.starved) {
+            let _ = writeln!(
+                s,
+                "  user mode  SYSCALLs finished for the host {}, other page faults passed {}{}",
+                c.completed,
+                c.page_faults,
+                if c.starved {
+                    "; no debug register was free for the #PF handler breakpoint"
+                } else {
+                    ""
+                }
+            );
         }
         if !self.ucalls.counts.is_empty() || !self.ucalls.errors.is_empty() {
             let list: Vec<String> = self

@@ -266,4 +266,69 @@ function linux.call_trace(output)
   return frames
 end
 
+-- User mode: the busybox shell of the "shell" initramfs
+-- (scripts/linux/build-initramfs.sh --kind shell). Guest user mode needs
+-- lunavm's SYSCALL compatibility path on software-nested KVM (on by itself
+-- where the host needs it; vm.syscall_compat() says what it did).
+
+-- Commands sent so far in this Lua state: numbers the markers.
+local shell_seq = 0
+
+--- Boots the test-suite kernel with the shell initramfs (`opts` as for
+--- linux.boot; `opts.initramfs` defaults to "shell") and waits until the
+--- shell runs commands (linux.shell_wait). Returns the serial output so far.
+function linux.boot_shell(opts)
+  opts = opts or {}
+  local boot = {}
+  for k, v in pairs(opts) do boot[k] = v end
+  boot.initramfs = opts.initramfs or "shell"
+  boot.shell_timeout = nil
+  linux.boot(boot)
+  linux.shell_wait(opts.shell_timeout)
+  return serial.output()
+end
+
+--- Waits for the shell initramfs' /init to start the shell
+--- ("lunavm-init: shell on ...") and for the shell to run a first command
+--- (virtual-time `timeout`, default "30s").
+function linux.shell_wait(timeout)
+  serial.expect("lunavm-init: shell on \\S*\r?\n", timeout or "30s")
+  linux.shell_run(":", { timeout = timeout or "30s" })
+end
+
+--- Runs `cmd` (one line of shell) in the guest's shell on the serial
+--- console and returns its output (lines joined with "\n", CRs removed,
+--- without the last newline) and its exit status ($?).
+--- The command is wrapped as `echo BEGIN; cmd ; echo END:$?` (so it must
+--- be a list that `;` can follow: not ending in `&` or `;`) with markers
+--- numbered per call and quoted so that the terminal's echo of the typed
+--- line never matches them; output is everything between the two. No
+--- sleeps: it runs the guest until the end marker appears, within
+--- `opts.timeout` of virtual time (default "10s"), else errors with the
+--- unread output. The command must not read the console (use </dev/null).
+function linux.shell_run(cmd, opts)
+  opts = opts or {}
+  if cmd:find("[\r\n]") then error("linux.shell_run: one line only: " .. cmd, 2) end
+  shell_seq = shell_seq + 1
+  local tag = "lunavm-" .. shell_seq
+  serial.write(string.format("echo '@@%s''-begin@@'; %s ; echo '@@%s''-end:'$?'@@'\n", tag, cmd, tag))
+  local ok, m = pcall(serial.expect,
+    "(?s)@@" .. tag .. "-begin@@\r?\n.*?@@" .. tag .. "-end:\\d+@@", opts.timeout or "10s")
+  if not ok then error("linux.shell_run(" .. cmd .. "): " .. tostring(m), 2) end
+  local body, status = m:match("^@@[^@]*%-begin@@\r?\n(.*)@@[^@]*%-end:(%d+)@@$")
+  body = body:gsub("\r", "")
+  if body:sub(-1) == "\n" then body = body:sub(1, -2) end
+  return body, tonumber(status)
+end
+
+--- Runs `cmd` like linux.shell_run and fails the test unless it exits 0;
+--- returns its output.
+function linux.shell_check(cmd, opts)
+  local out, status = linux.shell_run(cmd, opts)
+  if status ~= 0 then
+    error(string.format("linux.shell_check(%s): exit status %d, output:\n%s", cmd, status, out), 2)
+  end
+  return out
+end
+
 return linux

@@ -92,3 +92,24 @@ function linux.format_backtrace(frames) end
 ---@param output string
 ---@return string[]?
 function linux.call_trace(output) end
+---Boots with the busybox shell initramfs and waits until the shell runs commands.
+---@param opts? table linux.boot's options (`initramfs` defaults to "shell"), plus `shell_timeout`.
+---@return string output The serial output so far.
+function linux.boot_shell(opts) end
+
+---Waits for the shell initramfs' "lunavm-init: shell on" line and a first command.
+---@param timeout? lunavm.Duration Virtual time (default "30s").
+function linux.shell_wait(timeout) end
+
+---Runs one line of shell on the serial console: its output and exit status.
+---@param cmd string One line, a list `;` can follow; must not read the console.
+---@param opts? {timeout?: lunavm.Duration} Virtual-time limit (default "10s").
+---@return string output Lines joined with "\n", CRs removed, no final newline.
+---@return integer status `$?`.
+function linux.shell_run(cmd, opts) end
+
+---Runs `cmd` like linux.shell_run and fails unless it exits 0; returns its output.
+---@param cmd string
+---@param opts? {timeout?: lunavm.Duration}
+---@return string output
+function linux.shell_check(cmd, opts) end

@@ -17,6 +17,8 @@ pub use bus::{Bus, BusDevice, DeviceEvent};
 pub const SERIAL_PORT: u16 = 0x3f8;
 /// Number of ports the UART decodes.
 pub const SERIAL_PORT_LEN: u16 = 8;
+/// COM1's ISA interrupt line.
+pub const SERIAL_IRQ: u8 = 4;
 /// Port of isa-debug-exit.
 pub const DEBUG_EXIT_PORT: u16 = 0xf4;
 /// Number of ports isa-debug-exit decodes (as QEMU's `iosize=4`).

@@ -12,11 +12,16 @@ use vm_superio::{Serial, Trigger};
 
 use super::bus::{BusDevice, DeviceEvent, DeviceState, DeviceStateError};
 
-/// The UART's interrupt line. Interrupt controllers arrive with the platform
-/// issue; until then raising it is counted.
+/// The UART's interrupt line: each raise is counted and, once the machine
+/// connects it ([`SerialDevice::connect_irq`]), is an edge on ISA line 4
+/// for the interrupt controller.
 #[derive(Debug, Default, Clone)]
 pub struct IrqLine {
     raised: Arc<AtomicU64>,
+    line: Option<super::irq::IrqLine>,
+    /// Off while the UART is rebuilt from saved state: vm-superio raises the
+    /// line again for a pending interrupt then, which is no new edge.
+    live: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl IrqLine {
@@ -30,6 +35,11 @@ impl Trigger for IrqLine {
     type E = std::convert::Infallible;
     fn trigger(&self) -> Result<(), Self::E> {
         self.raised.fetch_add(1, Ordering::Relaxed);
+        if let Some(line) = &self.line {
+            if self.live.load(Ordering::Relaxed) {
+                line.pulse();
+            }
+        }
         Ok(())
     }
 }
@@ -79,6 +89,26 @@ impl SerialDevice {
             ),
             pending_input: VecDeque::new(),
         }
+    }
+
+    /// Connects the UART's interrupt output to `line` (COM1's is ISA line 4);
+    /// until then its interrupts are only counted.
+    pub fn connect_irq(&mut self, line: super::irq::IrqLine) {
+        let irq = IrqLine {
+            raised: self.uart.interrupt_evt().raised.clone(),
+            line: Some(line),
+            live: Arc::default(),
+        };
+        let count = irq.count();
+        let state = self.uart.state();
+        let sink = std::mem::take(self.uart.writer_mut());
+        // Rebuilding from the UART's own valid state cannot fail.
+        if let Ok(uart) = Serial::from_state(&state, irq, vm_superio::serial::NoEvents, sink) {
+            self.uart = uart;
+        }
+        let irq = self.uart.interrupt_evt();
+        irq.raised.store(count, Ordering::Relaxed);
+        irq.live.store(true, Ordering::Relaxed);
     }
 
     /// Everything the guest has written so far.
@@ -179,7 +209,11 @@ impl BusDevice for SerialDevice {
             in_buffer: bytes("rx_fifo")?,
         };
         let echo = self.uart.writer().echo;
-        let irq = IrqLine::default();
+        let irq = IrqLine {
+            raised: Arc::new(AtomicU64::new(0)),
+            line: self.uart.interrupt_evt().line.clone(),
+            live: Arc::default(),
+        };
         let count = state["interrupts"].as_u64().unwrap_or(0);
         let sink = SerialSink {
             log: bytes("output")?,
@@ -190,6 +224,7 @@ impl BusDevice for SerialDevice {
         // vm-superio raises the line again for a pending interrupt while
         // rebuilding: that is not a new interrupt, so the count is set after.
         irq.raised.store(count, Ordering::Relaxed);
+        irq.live.store(true, Ordering::Relaxed);
         self.pending_input = bytes("pending_input")?.into();
         Ok(())
     }

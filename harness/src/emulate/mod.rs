@@ -16,6 +16,9 @@
 //! | `rdseed`     | a value from the run's seed, CF=1                             |
 //! | `clac`       | `clac`/`stac`: clear or set RFLAGS.AC                         |
 //! | `invalid`    | an encoding the decoder rejects: inject #UD, as hardware would |
+//! | `syscall`    | SYSCALL from user mode left at CPL3 by the host: finish the   |
+//! |              | switch to CPL0 (not an emulation failure: see                 |
+//! |              | `machine::syscall_compat`)                                    |
 //!
 //! An instruction whose feature the effective CPUID (measured in the guest) lacks
 //! gets #UD, as hardware would; an invalid encoding gets #UD; anything else stops
@@ -57,11 +60,14 @@ pub enum Entry {
     Clac,
     /// An invalid encoding (#UD injected).
     Invalid,
+    /// A SYSCALL from user mode that the host left at CPL3, finished by
+    /// `machine::syscall_compat` (it never reaches [`Completer::complete`]).
+    Syscall,
 }
 
 impl Entry {
     /// Every entry, in table order.
-    pub const ALL: [Entry; 9] = [
+    pub const ALL: [Entry; 10] = [
         Entry::Int3,
         Entry::IntN,
         Entry::Fwait,
@@ -71,6 +77,7 @@ impl Entry {
         Entry::Rdseed,
         Entry::Clac,
         Entry::Invalid,
+        Entry::Syscall,
     ];
 
     /// Its name on the command line and in reports.
@@ -85,6 +92,7 @@ impl Entry {
             Entry::Rdseed => "rdseed",
             Entry::Clac => "clac",
             Entry::Invalid => "invalid",
+            Entry::Syscall => "syscall",
         }
     }
 
@@ -182,6 +190,16 @@ impl Completer {
             counts: BTreeMap::new(),
             entropy: Entropy::new(seed),
         }
+    }
+
+    /// Whether `entry` is switched off.
+    pub fn is_disabled(&self, entry: Entry) -> bool {
+        self.disabled.contains(&entry)
+    }
+
+    /// Counts one use of `entry` completed outside [`Completer::complete`].
+    pub fn count(&mut self, entry: Entry) {
+        *self.counts.entry(entry).or_default() += 1;
     }
 
     /// How often each entry was used.

@@ -111,6 +111,10 @@ pub fn complete(
     match entry {
         // Bytes the decoder rejects: hardware would raise #UD.
         Entry::Invalid => ud(ctx),
+        // Not an emulation failure: machine::syscall_compat finishes it.
+        Entry::Syscall => Ok(Done::Unhandled(
+            "syscall is completed at the guest's page-fault entry, not here".into(),
+        )),
         Entry::Int3 => {
             // #BP is a trap: the saved RIP is the next instruction.
             set_regs(ctx, &advance(ctx, insn))?;

@@ -20,6 +20,8 @@ pub enum Owner {
     Run,
     /// The debugger.
     Gdb,
+    /// The SYSCALL compatibility path (on the guest's page-fault entry).
+    SyscallCompat,
 }
 
 /// The debug-register allocator.

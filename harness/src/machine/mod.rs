@@ -12,6 +12,7 @@ mod run;
 pub mod stats;
 pub mod stop;
 pub mod swbp;
+pub mod syscall_compat;
 pub mod trace;
 pub mod virtio;
 pub mod watch;
@@ -61,6 +62,8 @@ pub struct MachineConfig {
     pub rtc_start: i64,
     /// virtio devices, one virtio-mmio slot each, in this order.
     pub virtio: Vec<virtio::VirtioSpec>,
+    /// When to finish SYSCALLs the host leaves at CPL3 ([`syscall_compat`]).
+    pub syscall_compat: syscall_compat::SyscallCompatMode,
 }
 
 /// Where the PIC, PIT (and IOAPIC/LAPIC) are emulated.
@@ -101,6 +104,7 @@ impl Default for MachineConfig {
             irqchip: IrqchipMode::Userspace,
             rtc_start: crate::devices::rtc::DEFAULT_START,
             virtio: Vec::new(),
+            syscall_compat: syscall_compat::SyscallCompatMode::Auto,
         }
     }
 }
@@ -114,6 +118,9 @@ pub enum MachineError {
     /// Probing the effective CPUID failed.
     #[error(transparent)]
     Probe(#[from] ProbeError),
+    /// Probing SYSCALL and SYSRET failed.
+    #[error(transparent)]
+    SyscallProbe(#[from] crate::vm::syscall_probe::SyscallProbeError),
     /// Loading the kernel failed.
     #[error(transparent)]
     Boot(#[from] BootError),
@@ -236,6 +243,12 @@ pub struct Machine {
     pub(crate) device_clock: std::sync::Arc<crate::devices::virtio::pcap::DeviceClock>,
     /// The current run call injects no interrupts.
     pub(crate) block_interrupts: bool,
+    /// The SYSCALL compatibility path.
+    pub(crate) syscall_compat: syscall_compat::SyscallCompat,
+    /// Step over the current breakpoint before running on (set by exits the
+    /// run loop handles itself, e.g. a page fault at the SYSCALL path's
+    /// breakpoint).
+    pub(crate) step_over_now: bool,
 }
 
 /// The current vCPU's registers as last read or written, until it runs again.
@@ -271,6 +284,7 @@ impl Machine {
         let requested_cpuid = cpuid::build(&vm.kvm, config.cpu).map_err(VmError::from)?;
         let mut vcpu = vm.create_vcpu(0, &requested_cpuid)?;
         let effective_cpuid = cpu_probe::probe(&mut vcpu, &vm.mem)?;
+        let syscall_probe = crate::vm::syscall_probe::probe(&mut vcpu, &vm.mem)?;
 
         let serial = Arc::new(Mutex::new(SerialDevice::new(config.echo_serial)));
         let post_code = Arc::new(Mutex::new(PostCode::new()));
@@ -296,6 +310,10 @@ impl Machine {
         platform.install(&mut pio_bus)?;
 
         let irq_edges = crate::devices::irq::IrqEdges::new();
+        devices::bus::lock(&serial).connect_irq(crate::devices::irq::IrqLine::new(
+            irq_edges.clone(),
+            devices::SERIAL_IRQ,
+        ));
         let mut mmio_bus = Bus::new();
         let device_clock = crate::devices::virtio::pcap::DeviceClock::new();
         let virtio = virtio::create(
@@ -308,6 +326,12 @@ impl Machine {
         )?;
 
         let completer = Completer::new(config.no_complete.clone(), config.seed);
+        let mut syscall_compat = syscall_compat::SyscallCompat::new(
+            config.syscall_compat,
+            syscall_probe,
+            completer.is_disabled(emulate::Entry::Syscall),
+        );
+        syscall_compat.trap_lstar(&vm.fd);
         Ok(Machine {
             config,
             vcpus: vec![vcpu],
@@ -342,6 +366,8 @@ impl Machine {
             irq_edges,
             device_clock,
             block_interrupts: false,
+            syscall_compat,
+            step_over_now: false,
         })
     }
 

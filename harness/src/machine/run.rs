@@ -5,6 +5,7 @@ use kvm_ioctls::VcpuExit;
 
 use super::intercept::{le_value, Access, Space};
 use super::platform::Platform;
+use super::syscall_compat;
 use super::trace::ExitKind;
 use super::{Machine, MachineError, StopCondition, StopReason};
 use crate::clock::Charge;
@@ -39,6 +40,8 @@ enum Pending {
         exception: u32,
     },
     Internal(u32),
+    /// The guest wrote LSTAR (the SYSCALL path's MSR filter sent it here).
+    LstarWrite(u64),
     FailEntry(u64),
     Kicked,
     /// A guest access to a watched page, completed (the harness's exit).
@@ -136,6 +139,8 @@ impl Machine {
                 crate::vm::irq::inject(vcpu, vector)
                     .map_err(|e| MachineError::Inject(vector, e))?;
                 self.exits.interrupts += 1;
+                // The guest's IDT may have changed since the last look.
+                self.sync_syscall_compat()?;
                 self.record(ExitKind::Interrupt, 0, u64::from(vector));
                 // Another request may be waiting behind this one.
                 let more = self.platform.pending();
@@ -191,6 +196,7 @@ impl Machine {
         if let Some(stop) = self.check_serial(cond) {
             return Ok(stop);
         }
+        self.sync_syscall_compat()?;
         // Step over the instruction a breakpoint stopped at: one single step
         // with the breakpoints off; the exit it ends with re-arms them. A
         // requested single step is the same step, kept armed until its debug
@@ -343,6 +349,14 @@ impl Machine {
                         Pending::Internal(suberror)
                     }
                 }
+                Ok(VcpuExit::X86Wrmsr(exit))
+                    if exit.index == crate::vm::syscall_probe::MSR_LSTAR =>
+                {
+                    // Performed below, with KVM_SET_MSRS (filters do not
+                    // apply to the VMM's own accesses).
+                    *exit.error = 0;
+                    Pending::LstarWrite(exit.data)
+                }
                 Ok(VcpuExit::FailEntry(reason, _cpu)) => Pending::FailEntry(reason),
                 Ok(other) => Pending::Unexpected(format!("{other:?}")),
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
@@ -394,6 +408,13 @@ impl Machine {
             if let Some(stop) = self.finish_exit(pending, cond)? {
                 return Ok(stop);
             }
+            if std::mem::take(&mut self.step_over_now) && !self.step_over_armed {
+                self.arm_step_over()?;
+                self.step_over_armed = true;
+            }
+            if self.syscall_compat.unarmed() {
+                self.sync_syscall_compat()?;
+            }
             if self.watches.pending.is_some() {
                 if watched_write {
                     // KVM exits for an MMIO write once the instruction is
@@ -426,6 +447,11 @@ impl Machine {
     ) -> Result<Option<StopReason>, MachineError> {
         Ok(match pending {
             Pending::None | Pending::Watched { .. } => None,
+            // Harness-caused (the SYSCALL path's filter): no virtual time.
+            Pending::LstarWrite(value) => {
+                self.lstar_written(value)?;
+                None
+            }
             Pending::Kicked => self.kicked(),
             Pending::Write { port, data, len } => {
                 self.clock.charge(Charge::Pio);
@@ -486,6 +512,11 @@ impl Machine {
                 self.halted()?
             }
             Pending::Shutdown => Some(StopReason::Shutdown { regs: self.dump()? }),
+            Pending::Debug { pc, exception }
+                if exception != BP_VECTOR && self.syscall_compat.is_handler(pc) =>
+            {
+                self.syscall_compat_stop(pc)?
+            }
             Pending::Debug {
                 pc,
                 exception: BP_VECTOR,
@@ -532,6 +563,29 @@ impl Machine {
                 regs: self.dump()?,
             }),
             Pending::Unexpected(exit) => Some(StopReason::UnexpectedExit { exit }),
+        })
+    }
+
+    /// A stop at the SYSCALL path's breakpoint on the guest's #PF handler: a
+    /// SYSCALL the host left at CPL3 is finished and the guest runs on; a
+    /// page fault of the guest's own goes on to its handler (a breakpoint
+    /// stop when a front end has a breakpoint there too).
+    fn syscall_compat_stop(&mut self, pc: u64) -> Result<Option<StopReason>, MachineError> {
+        Ok(match self.syscall_compat_hit()? {
+            syscall_compat::Hit::Completed => None,
+            syscall_compat::Hit::PageFault => {
+                let shared = self
+                    .debug_regs
+                    .owners_at(pc)
+                    .any(|o| o != super::debug::Owner::SyscallCompat);
+                if shared {
+                    self.resume_over_breakpoint = true;
+                    Some(StopReason::Breakpoint { addr: pc })
+                } else {
+                    self.step_over_now = true;
+                    None
+                }
+            }
         })
     }
 

@@ -40,6 +40,28 @@ pub fn register(lua: &Lua, st: &Shared) -> mlua::Result<()> {
             st.borrow_mut().machine()?.current_state_hash()?
         ))
     })?;
+    add_fn(lua, &t, st, "vm", "syscall_compat", |lua, st, ()| {
+        let mut s = st.borrow_mut();
+        let c = s.machine()?.syscall_compat();
+        let t = lua.create_table()?;
+        let mode = match c.mode {
+            crate::machine::syscall_compat::SyscallCompatMode::Auto => "auto",
+            crate::machine::syscall_compat::SyscallCompatMode::On => "on",
+            crate::machine::syscall_compat::SyscallCompatMode::Off => "off",
+        };
+        t.set("mode", mode)?;
+        t.set("active", c.active)?;
+        t.set("probe_syscall", c.probe.syscall.to_string())?;
+        t.set("probe_sysret", c.probe.sysret.to_string())?;
+        if let Some(h) = c.handler {
+            t.set("handler", to_lua_int(h))?;
+        }
+        t.set("completed", to_lua_int(c.completed))?;
+        t.set("page_faults", to_lua_int(c.page_faults))?;
+        t.set("starved", c.starved)?;
+        t.set("lstar_trap", c.lstar_trap)?;
+        Ok(t)
+    })?;
     add_fn(lua, &t, st, "vm", "exits", |lua, st, ()| {
         let mut s = st.borrow_mut();
         let m = s.machine()?;
@@ -106,6 +128,9 @@ fn boot(st: &Shared, opts: Option<Table>) -> ApiResult<()> {
     }
     if let Some(seed) = opt::<i64>(&opts, "seed")? {
         config.seed = from_lua_int(seed);
+    }
+    if let Some(mode) = opt::<String>(&opts, "syscall_compat")? {
+        config.syscall_compat = mode.parse()?;
     }
     config.virtio = super::virtio::boot_devices(&opts)?;
     let cmdline: String = opt(&opts, "cmdline")?.unwrap_or_default();

@@ -10,6 +10,7 @@ pub mod memory;
 pub mod paging;
 pub mod regs;
 pub mod slots;
+pub mod syscall_probe;
 
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 

@@ -1,0 +1,63 @@
+-- Guest user mode on the test-suite Linux kernel: the busybox shell
+-- initramfs (scripts/linux/build-initramfs.sh --kind shell), booted once to
+-- its shell by setup_once and snapshotted; every test starts from the shell
+-- and runs commands through lunavm.linux's shell helpers. On software-nested
+-- KVM this needs lunavm's SYSCALL compatibility path (auto-detected).
+local linux = require("lunavm.linux")
+
+budget = { time = "60s", wall = "600s" }
+
+function setup_once()
+  linux.boot_shell{ timeout = "40s" }
+end
+
+function test_proc_cmdline_is_the_boot_command_line()
+  local out, status = linux.shell_run("cat /proc/cmdline")
+  t.eq(status, 0, "cat's exit status")
+  local booted = serial.output():match("Command line: ([^\r\n]*)")
+  t.eq(out, booted, "/proc/cmdline against the kernel's boot message")
+  t.match(out, "console=ttyS0")
+end
+
+function test_meminfo_memtotal_is_plausible()
+  local out = linux.shell_check("grep MemTotal /proc/meminfo")
+  local kb = tonumber(out:match("^MemTotal:%s+(%d+) kB$"))
+  t.ok(kb, "a MemTotal line: " .. out)
+  -- 256 MiB of RAM, less what the kernel keeps for itself.
+  t.ok(kb > 200 * 1024 and kb < 256 * 1024, "MemTotal " .. kb .. " kB")
+end
+
+function test_exit_statuses_come_back()
+  local _, status = linux.shell_run("false")
+  t.eq(status, 1, "false")
+  _, status = linux.shell_run("true")
+  t.eq(status, 0, "true")
+  _, status = linux.shell_run("(exit 42)")
+  t.eq(status, 42, "a subshell's exit 42")
+  local out
+  out, status = linux.shell_run("ls /nonexistent")
+  t.eq(status, 1, "ls of a missing file")
+  t.match(out, "No such file or directory")
+end
+
+function test_output_keeps_its_lines()
+  local out = linux.shell_check("printf 'one\\ntwo\\n\\nfour\\n'")
+  t.eq(out, "one\ntwo\n\nfour")
+  t.eq(linux.shell_check("echo -n"), "", "no output")
+end
+
+function test_a_file_written_by_one_process_is_read_by_another()
+  linux.shell_check("echo lunavm > /tmp/f && sync")
+  t.eq(linux.shell_check("cat /tmp/f"), "lunavm")
+  t.eq(linux.shell_check("wc -c < /tmp/f"), "7")
+end
+
+function test_syscalls_went_through_the_compatibility_path()
+  local c = vm.syscall_compat()
+  if not c.active then t.skip("this host runs SYSCALL itself (" .. c.probe_syscall .. ")") end
+  local before = c.completed
+  linux.shell_check("true")
+  local after = vm.syscall_compat().completed
+  t.ok(before > 100, "the boot to the shell made system calls: " .. before)
+  t.ok(after > before, "a command makes more: " .. (after - before))
+end
