@@ -789,6 +789,11 @@ function Symbols:addr(name) end
 ---@return integer?
 function Symbols:lookup(name) end
 
+---The size in bytes of symbol `name` (an ELF gives it; a System.map never), or nil.
+---@param name string
+---@return integer?
+function Symbols:size(name) end
+
 ---The code symbol holding `addr`: `"name+0x12"` (`"name"` at its start),
 ---its name and the offset; nil when no code symbol holds it.
 ---@param addr integer
@@ -894,6 +899,50 @@ function t.result(name, status, message) end
 ---Example: `budget = { time = "2s", wall = "30s", test_slow = { wall = "120s" } }`
 ---@type table<string, lunavm.Duration|{time?: lunavm.Duration, wall?: lunavm.Duration}>?
 budget = nil
+
+---A fuzz verdict (`fuzz.replay`).
+---@class lunavm.FuzzVerdict
+---@field class "ok"|"crash"|"hang"
+---@field reason string What ended the run: "exit", "done", "triple-fault", "symbol", "exception", "serial", "assert", "emulation", "budget", "halt", "scenario", "other".
+---@field title string One line for people.
+---@field signature string The crash grouping key (16 hex digits).
+---@field pc integer The guest address the verdict is attributed to (0: none).
+---@field serial string Serial output since the fuzz point.
+---@field exits integer Guest exits of the run.
+
+---Fuzz scenarios (`lunavm fuzz`) and their regression tests.
+---@class lunavm.fuzz
+fuzz = {}
+
+---Runs fuzz scenario `scenario`'s fuzz_setup in a fresh machine, then one
+---input as `lunavm fuzz` does (fuzz_start, fuzz_inject, run, fuzz_verdict);
+---the regression tests `lunavm fuzz --to-test` writes call it.
+---@param scenario string The scenario file.
+---@param input string The input bytes.
+---@param opts? {args?: string[]} The scenario's `arg[1..]`.
+---@return lunavm.FuzzVerdict
+function fuzz.replay(scenario, input, opts) end
+
+---The arguments of the guest's last ucall FUZZ_POINT, or nil.
+---@return {buffer: integer, capacity: integer}?
+function fuzz.point() end
+
+---A fuzz scenario's configuration (see scripts/README.md, "Fuzzing").
+---@class lunavm.FuzzConfig
+---@field elf? string `guest:NAME` or an ELF path: symbols, block and compare breakpoints.
+---@field crash_symbols? string|string[] Guest functions whose entry is a crash.
+---@field crash_serial? string A regex on the serial output after the fuzz point that is a crash.
+---@field ok_status? integer|integer[] Exit values that are a normal end (default {0}).
+---@field fatal_vectors? integer[] Exception vectors whose IDT handler entry is a crash.
+---@field hang_is_crash? boolean Report hangs as crashes.
+---@field max_exits? integer Exits per input before it is a hang (default 100000).
+---@field max_time? lunavm.Duration Virtual time per input before it is a hang (default "1s").
+---@field coverage? boolean|string|string[] "blocks", "guest", "all", "none" (default all).
+---@field cmp? boolean|string|string[] "breakpoints", "guest", "all", "none" (default all).
+
+---Set by a fuzz scenario: its configuration.
+---@type lunavm.FuzzConfig?
+fuzz_config = nil
 
 ---The script's arguments (`lunavm run SCRIPT.lua ARGS...`); `arg[0]` is the script.
 ---@type table<integer, string>

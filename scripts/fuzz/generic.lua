@@ -12,7 +12,8 @@
 --   lunavm fuzz scripts/fuzz/generic.lua --arg path/to/kernel.elf --arg "cmdline" --arg 128M
 --
 -- arg[1]: the guest (`guest:NAME` or an ELF path); arg[2]: its command line;
--- arg[3]: guest memory (default 128M).
+-- arg[3]: guest memory (default 128M). The input is clamped to the size of
+-- lunavm_fuzz_input (4096 bytes when the ELF gives none).
 
 local ELF = assert(arg[1], "usage: lunavm fuzz scripts/fuzz/generic.lua --arg ELF [--arg CMDLINE] [--arg MEM]")
 local CMDLINE = arg[2] or ""
@@ -23,21 +24,23 @@ fuzz_config = {
   max_time = "100ms",
 }
 
-local point = fuzz.symbol(ELF, "lunavm_fuzz_point")
-local input = fuzz.symbol(ELF, "lunavm_fuzz_input")
-local input_len = fuzz.symbol(ELF, "lunavm_fuzz_input_len")
+local syms = ELF:match("^guest:(.+)$") and sym.guest(ELF:match("^guest:(.+)$")) or sym.load(ELF)
+local point = syms:addr("lunavm_fuzz_point")
+local input = syms:addr("lunavm_fuzz_input")
+local input_size = syms:size("lunavm_fuzz_input") or 4096
+local input_len = syms:addr("lunavm_fuzz_input_len")
 
 function fuzz_setup()
   local boot = { cmdline = CMDLINE, mem = MEM }
   local name = ELF:match("^guest:(.+)$")
   if name then boot.guest = name else boot.kernel = ELF end
   vm.boot(boot)
-  local ev = vm.run{ breakpoint = point.addr, time = "10s" }
+  local ev = vm.run{ breakpoint = point, time = "10s" }
   assert(ev.reason == "breakpoint", "the guest did not reach lunavm_fuzz_point: " .. ev.reason)
 end
 
 function fuzz_inject(data)
-  local n = math.min(#data, input.size > 0 and input.size or #data)
-  if n > 0 then mem.vwrite(input.addr, data:sub(1, n)) end
-  mem.vwrite32(input_len.addr, n)
+  local n = math.min(#data, input_size)
+  if n > 0 then mem.vwrite(input, data:sub(1, n)) end
+  mem.vwrite32(input_len, n)
 end

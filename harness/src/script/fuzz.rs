@@ -70,40 +70,5 @@ pub fn register(lua: &Lua, st: &Shared) -> mlua::Result<()> {
             None => Ok(Value::Nil),
         }
     })?;
-    add_fn(
-        lua,
-        &t,
-        st,
-        "fuzz",
-        "symbol",
-        |lua, _, (elf, name): (String, String)| {
-            let (addr, size) = symbol(&elf, &name)?;
-            let r = lua.create_table()?;
-            r.set("addr", to_lua_int(addr))?;
-            r.set("size", to_lua_int(size))?;
-            Ok(Value::Table(r))
-        },
-    )?;
     lua.globals().set("fuzz", t)
-}
-
-/// (address, size) of symbol `name` (a function or an object) in the ELF
-/// `elf` names: `guest:NAME` for a built-in guest, or a path.
-fn symbol(elf: &str, name: &str) -> Result<(u64, u64), String> {
-    use object::{Object, ObjectSymbol};
-    let bytes: std::borrow::Cow<'static, [u8]> = match elf.strip_prefix("guest:") {
-        Some(g) => crate::guests::find(g)
-            .ok_or_else(|| format!("no built-in guest named '{g}'"))?
-            .elf
-            .into(),
-        None => std::fs::read(elf)
-            .map_err(|e| format!("cannot read {elf}: {e}"))?
-            .into(),
-    };
-    let file =
-        object::File::parse(&*bytes).map_err(|e| format!("{elf} is not an ELF file: {e}"))?;
-    file.symbols()
-        .find(|s| s.name() == Ok(name) && s.address() != 0)
-        .map(|s| (s.address(), s.size()))
-        .ok_or_else(|| format!("{elf} has no symbol '{name}'"))
 }

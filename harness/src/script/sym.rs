@@ -63,6 +63,9 @@ impl UserData for SymHandle {
         methods.add_method("lookup", |_, h, name: String| {
             Ok(h.syms.lookup(&name).map(to_lua_int))
         });
+        methods.add_method("size", |_, h, name: String| {
+            Ok(h.syms.symbol(&name).and_then(|s| s.size).map(to_lua_int))
+        });
         methods.add_method("resolve", |_, h, addr: i64| Ok(resolve(&h.syms, addr)));
         methods.add_method("backtrace", |lua, h, opts: Option<Table>| {
             let r = backtrace(lua, &h.st, &h.syms, opts);
