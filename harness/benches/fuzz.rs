@@ -65,7 +65,12 @@ fn session(coverage: bool, cmp: bool) -> FuzzSession {
 const SHALLOW: &[u8] = b"XXXXXXXXXXXXXXXX";
 
 /// Executions per second of the shallow path, per batch; and its exits.
-fn engine_rate(coverage: bool, cmp: bool, batches: usize, per: usize) -> Result<(Vec<f64>, u64), Error> {
+fn engine_rate(
+    coverage: bool,
+    cmp: bool,
+    batches: usize,
+    per: usize,
+) -> Result<(Vec<f64>, u64), Error> {
     let mut e = Engine::open_from(&session(coverage, cmp), false)?;
     let mut exits = 0;
     for _ in 0..200 {
@@ -197,10 +202,34 @@ fn main() -> Result<(), Error> {
         Stats::of(&floor_run),
         Stats::of(&restores),
     );
-    table.row("lunavm fuzz, coverage and compares on", &sf, "exec/s", 1.0, 0);
-    table.row("lunavm fuzz, coverage and compares off", &sb, "exec/s", 1.0, 0);
-    table.row(&format!("floor: restore + {exits} exits"), &sfl, "exec/s", 1.0, 0);
-    table.row("restores alone (after one execution)", &sr, "restore/s", 1.0, 0);
+    table.row(
+        "lunavm fuzz, coverage and compares on",
+        &sf,
+        "exec/s",
+        1.0,
+        0,
+    );
+    table.row(
+        "lunavm fuzz, coverage and compares off",
+        &sb,
+        "exec/s",
+        1.0,
+        0,
+    );
+    table.row(
+        &format!("floor: restore + {exits} exits"),
+        &sfl,
+        "exec/s",
+        1.0,
+        0,
+    );
+    table.row(
+        "restores alone (after one execution)",
+        &sr,
+        "restore/s",
+        1.0,
+        0,
+    );
     out["shallow"] = json!({
         "exits_per_exec": exits,
         "on": sf.json("exec/s"), "off": sb.json("exec/s"),
@@ -229,8 +258,16 @@ fn main() -> Result<(), Error> {
             if !plotted {
                 let svg = target.join("bench-fuzz-coverage.svg");
                 let _ = Command::new(&bin)
-                    .args(["fuzz", &repo().join("scripts/fuzz/fuzzme.lua").display().to_string()])
-                    .args(["--workdir", &work.display().to_string(), "--plot", &svg.display().to_string()])
+                    .args([
+                        "fuzz",
+                        &repo().join("scripts/fuzz/fuzzme.lua").display().to_string(),
+                    ])
+                    .args([
+                        "--workdir",
+                        &work.display().to_string(),
+                        "--plot",
+                        &svg.display().to_string(),
+                    ])
                     .stderr(std::process::Stdio::null())
                     .status();
                 plotted = true;
@@ -243,13 +280,19 @@ fn main() -> Result<(), Error> {
         for (bug, v) in &per_bug {
             let s = Stats::of(&v.iter().map(|x| x.0).collect::<Vec<_>>());
             let e = Stats::of(&v.iter().map(|x| x.1 as f64).collect::<Vec<_>>());
-            if 2 * v.len() >= runs as usize {
+            if 2 * v.len() as u64 >= runs {
                 table.row(&format!("{bug}: seconds"), &s, "s", 1.0, 1);
                 table.row(&format!("{bug}: executions"), &e, "execs", 1.0, 0);
             } else {
-                table.section(&format!("  {bug}: found in {} of {runs} runs only", v.len()));
+                table.section(&format!(
+                    "  {bug}: found in {} of {runs} runs only",
+                    v.len()
+                ));
             }
-            j.insert(bug.clone(), json!({ "found_in": v.len(), "secs": s.json("s"), "execs": e.json("execs") }));
+            j.insert(
+                bug.clone(),
+                json!({ "found_in": v.len(), "secs": s.json("s"), "execs": e.json("execs") }),
+            );
         }
         for bug in [
             "bug 1: magic, then the length panic",
@@ -266,6 +309,9 @@ fn main() -> Result<(), Error> {
     out["campaign_secs"] = json!(secs);
     out["runs"] = json!(runs);
     table.print();
-    std::fs::write(target.join("bench-fuzz.json"), serde_json::to_vec_pretty(&out)?)?;
+    std::fs::write(
+        target.join("bench-fuzz.json"),
+        serde_json::to_vec_pretty(&out)?,
+    )?;
     Ok(())
 }
