@@ -935,8 +935,10 @@ function fuzz.point() end
 ---@field ok_status? integer|integer[] Exit values that are a normal end (default {0}).
 ---@field fatal_vectors? integer[] Exception vectors whose IDT handler entry is a crash.
 ---@field hang_is_crash? boolean Report hangs as crashes.
+---@field done_at_budget? boolean Reaching the budget is a normal end (kernels that idle), not a hang.
 ---@field max_exits? integer Exits per input before it is a hang (default 100000).
 ---@field max_time? lunavm.Duration Virtual time per input before it is a hang (default "1s").
+---@field instrument? string A regex on function names: only those are instrumented (default all).
 ---@field coverage? boolean|string|string[] "blocks", "guest", "all", "none" (default all).
 ---@field cmp? boolean|string|string[] "breakpoints", "guest", "all", "none" (default all).
 

@@ -95,6 +95,8 @@ pub struct Stats {
     pub exits: u64,
     /// Wall time spent restoring (ns).
     pub restore_ns: u128,
+    /// Pages restored.
+    pub pages: u64,
 }
 
 struct State {
@@ -195,6 +197,8 @@ impl State {
         let _ = t0;
         self.stats.execs += 1;
         self.stats.exits += exec.exits;
+        self.stats.restore_ns += exec.restore_ns;
+        self.stats.pages += exec.restored_pages;
         let engine = self.engine.as_ref().unwrap_or_else(|| unreachable!());
         // Crashes and hangs are not kept (-1): their coverage is not theirs
         // to claim (their one-shot blocks were armed again).
@@ -301,18 +305,20 @@ impl State {
             return;
         };
         let s = &self.stats;
+        let restore_secs = (s.restore_ns as f64 / 1e9).max(1e-9);
         eprintln!(
-            "lunavm fuzz: {:.0}s execs {} ({:.0}/s) blocks {}/{} guest-map {} crashes {} (new {}) hangs {} exits/exec {:.0}",
+            "lunavm fuzz: {:.0}s execs {} ({:.0}/s) blocks {}/{} crashes {} (new {}) hangs {} exits/exec {:.0} restores/s {:.0} ({:.1} pages)",
             secs,
             s.execs,
             s.execs as f64 / secs,
             e.blocks_seen,
             e.blocks.len(),
-            libfuzzer::nonzero(),
             s.crashes,
             s.unique,
             s.hangs,
-            s.exits as f64 / s.execs.max(1) as f64
+            s.exits as f64 / s.execs.max(1) as f64,
+            s.execs as f64 / restore_secs,
+            s.pages as f64 / s.execs.max(1) as f64
         );
         if let Some(f) = self.progress.as_mut() {
             let _ = writeln!(

@@ -56,6 +56,9 @@ pub struct FuzzConfig {
     /// Report hangs as crashes (libFuzzer saves them); otherwise they are
     /// counted and saved as `hang-*` files.
     pub hang_is_crash: bool,
+    /// The budget is the normal end of a run (a kernel that idles once it
+    /// has handled the input never finishes by itself): reaching it is ok.
+    pub done_at_budget: bool,
     /// The guest ELF for symbols and breakpoint coverage: `guest:NAME` for
     /// a built-in guest, or a path.
     pub elf: Option<String>,
@@ -63,6 +66,9 @@ pub struct FuzzConfig {
     pub coverage: Coverage,
     /// Comparison feedback sources.
     pub cmp: CmpFeedback,
+    /// A regex on function names: only their blocks and compares are
+    /// instrumented (None: every function of the ELF).
+    pub instrument: Option<String>,
 }
 
 impl Default for FuzzConfig {
@@ -75,6 +81,7 @@ impl Default for FuzzConfig {
             ok_status: vec![0],
             fatal_vectors: Vec::new(),
             hang_is_crash: false,
+            done_at_budget: false,
             elf: None,
             coverage: Coverage {
                 blocks: true,
@@ -84,6 +91,7 @@ impl Default for FuzzConfig {
                 breakpoints: true,
                 guest: true,
             },
+            instrument: None,
         }
     }
 }
@@ -213,9 +221,19 @@ impl FuzzConfig {
             .get::<Option<bool>>("hang_is_crash")
             .map_err(|_| field_err("hang_is_crash", "expected a boolean"))?
             .unwrap_or(false);
+        c.done_at_budget = t
+            .get::<Option<bool>>("done_at_budget")
+            .map_err(|_| field_err("done_at_budget", "expected a boolean"))?
+            .unwrap_or(false);
         c.elf = t
             .get::<Option<String>>("elf")
             .map_err(|_| field_err("elf", "expected \"guest:NAME\" or a path"))?;
+        c.instrument = t
+            .get::<Option<String>>("instrument")
+            .map_err(|_| field_err("instrument", "expected a regex on function names"))?;
+        if let Some(re) = &c.instrument {
+            regex::Regex::new(re).map_err(|e| field_err("instrument", e))?;
+        }
         if let Some([blocks, guest_map]) = sources(t, "coverage", ["blocks", "guest"])? {
             c.coverage = Coverage { blocks, guest_map };
         }

@@ -108,6 +108,8 @@ pub struct Execution {
     pub guest_map: Vec<u8>,
     /// Pages the restore before it copied.
     pub restored_pages: u64,
+    /// Wall time of that restore (ns).
+    pub restore_ns: u128,
 }
 
 /// Runs the scenario's `fuzz_setup` in a fresh Lua state and saves the
@@ -309,8 +311,33 @@ impl Engine {
                 self.sites.insert(handler, StopSite::Vector(v));
             }
         }
+        // Only the functions fuzz_config.instrument names (all by default).
+        let only = match &self.config.instrument {
+            Some(re) => Some(regex::Regex::new(re).map_err(|e| {
+                EngineError::Config(ConfigError::Field {
+                    field: "instrument",
+                    reason: e.to_string(),
+                })
+            })?),
+            None => None,
+        };
+        let chosen: Vec<&crate::fuzz::elfmap::Function> = elf
+            .map
+            .functions()
+            .iter()
+            .filter(|f| only.as_ref().is_none_or(|re| re.is_match(&f.name)))
+            .collect();
         if self.config.coverage.blocks {
-            for &addr in elf.map.blocks() {
+            let blocks: Vec<u64> = if only.is_some() {
+                chosen
+                    .iter()
+                    .flat_map(|f| elf.map.blocks_in(f))
+                    .copied()
+                    .collect()
+            } else {
+                elf.map.blocks().to_vec()
+            };
+            for addr in blocks {
                 if self.sites.contains_key(&addr) {
                     continue;
                 }
@@ -324,7 +351,17 @@ impl Engine {
             }
         }
         if self.config.cmp.breakpoints {
-            for addr in elf.cmp_addresses() {
+            let cmps: Vec<u64> = if only.is_some() {
+                chosen
+                    .iter()
+                    .flat_map(|f| elf.map.cmp_sites_in(f))
+                    .filter(|c| c.kind == crate::fuzz::elfmap::CmpKind::Cmp)
+                    .map(|c| c.addr)
+                    .collect()
+            } else {
+                elf.cmp_addresses().collect()
+            };
+            for addr in cmps {
                 if self.sites.contains_key(&addr) {
                     continue;
                 }
@@ -355,7 +392,9 @@ impl Engine {
     pub fn execute(&mut self, input: &[u8]) -> Result<Execution, EngineError> {
         let lua = self.sc.lua().clone();
         let st = self.sc.shared().clone();
+        let t_restore = std::time::Instant::now();
         let restored = script_snapshot::restore(&lua, &st, self.snap_id, None)?;
+        let restore_ns = t_restore.elapsed().as_nanos();
         let restored_pages: u64 = restored.get("pages").unwrap_or(0);
         let (serial_start, t0, e0) = {
             let mut g = st.borrow_mut();
@@ -439,6 +478,7 @@ impl Engine {
             cmps,
             guest_map,
             restored_pages,
+            restore_ns,
         };
         if let Some(f) = &self.verdict_fn {
             self.apply_verdict_fn(f.clone(), &mut exec)?;

@@ -34,22 +34,6 @@ pub fn set_at_least(index: usize, value: u8) {
     }
 }
 
-/// How many counters are non-zero now (for tests and the progress line).
-pub fn nonzero() -> usize {
-    EXTRA_COUNTERS
-        .iter()
-        .filter(|c| c.load(Ordering::Relaxed) != 0)
-        .count()
-}
-
-/// Zeroes every counter (libFuzzer does it before each execution; lunavm's
-/// own replays do it themselves).
-pub fn clear() {
-    for c in &EXTRA_COUNTERS {
-        c.store(0, Ordering::Relaxed);
-    }
-}
-
 extern "C" {
     fn LLVMFuzzerRunDriver(
         argc: *mut c_int,

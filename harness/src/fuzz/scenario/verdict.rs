@@ -245,6 +245,14 @@ pub fn classify(
             "serial",
             format!("serial output matched: {}", text.trim()),
         ),
+        StopReason::ExitBudget { exits } if cfg.done_at_budget => {
+            Verdict::new(Class::Ok, "budget", format!("ran its {exits} exits"))
+        }
+        StopReason::TimeBudget { ns } if cfg.done_at_budget => Verdict::new(
+            Class::Ok,
+            "budget",
+            format!("ran its {}", crate::report::format_ns(*ns)),
+        ),
         StopReason::ExitBudget { exits } => Verdict::new(
             if cfg.hang_is_crash {
                 Class::Crash
