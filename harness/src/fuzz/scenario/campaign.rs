@@ -240,7 +240,18 @@ impl State {
             .create_new(true)
             .open(&path);
         let Ok(mut file) = file else {
-            return -1;
+            if self.session.keep_going {
+                return -1;
+            }
+            // A known bug: libFuzzer still gets the crash (minimisation,
+            // replays of artifacts and -fork rely on it), but the record
+            // stays the first finder's.
+            eprintln!(
+                "lunavm fuzz: CRASH {sig} (known: {}): {}",
+                path.display(),
+                exec.verdict.title
+            );
+            std::process::abort();
         };
         self.stats.unique += 1;
         // Every crash is replayed once: one that does not reproduce is

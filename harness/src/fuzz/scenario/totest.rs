@@ -28,6 +28,7 @@ pub fn source(scenario: &Path, args: &[String], input: &[u8], v: &Verdict) -> St
         "-- Regression test written by `lunavm fuzz {scenario} --to-test`.\n\
          -- Verdict when written: {class} ({reason}): {title}\n\
          -- Signature {sig}. The test fails while the input still crashes or hangs.\n\
+         -- The scenario path is the one given to `lunavm fuzz`: run the test from that folder.\n\
          \n\
          local SCENARIO = {scenario_lit}\n\
          local INPUT = {input}\n\
