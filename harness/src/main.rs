@@ -476,6 +476,28 @@ fn cmd_fuzz(a: FuzzArgs) -> u8 {
     })
 }
 
+/// libFuzzer's custom-mutator hook (found by libFuzzer through a weak
+/// symbol): lunavm's input-to-state replacement, then libFuzzer's own
+/// mutators. Only `lunavm fuzz` runs libFuzzer.
+///
+/// # Safety
+/// `data` must point to `max_size` writable bytes (libFuzzer's buffer).
+#[no_mangle]
+pub unsafe extern "C" fn LLVMFuzzerCustomMutator(
+    data: *mut u8,
+    size: usize,
+    max_size: usize,
+    seed: std::ffi::c_uint,
+) -> usize {
+    if data.is_null() || max_size == 0 {
+        return 0;
+    }
+    // SAFETY: libFuzzer passes a buffer of `max_size` writable bytes, the
+    // first `size` of them the input, valid for the duration of the call.
+    let buf = unsafe { std::slice::from_raw_parts_mut(data, max_size) };
+    lunavm::fuzz::scenario::campaign::custom_mutate(buf, size, seed)
+}
+
 fn main() -> ExitCode {
     // A libFuzzer child of `lunavm fuzz` (-fork, -jobs, minimisation) gets
     // libFuzzer's flags only; its session is in the environment.

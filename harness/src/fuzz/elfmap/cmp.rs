@@ -47,7 +47,7 @@ pub enum Operand {
     Mem(MemOperand),
 }
 
-/// A `cmp`/`sub` of 2, 4 or 8 bytes.
+/// A `cmp`/`sub` of 2, 4 or 8 bytes, or a 1-byte `cmp` with a constant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CmpSite {
     /// Virtual address of the instruction.
@@ -56,7 +56,7 @@ pub struct CmpSite {
     pub len: u8,
     /// `cmp` or `sub`.
     pub kind: CmpKind,
-    /// Operand width in bytes: 2, 4 or 8.
+    /// Operand width in bytes: 1 (a `cmp` with a constant only), 2, 4 or 8.
     pub width: u8,
     /// The first (destination) operand.
     pub lhs: Operand,
@@ -95,8 +95,10 @@ fn mask(width: u8) -> u64 {
 
 impl CmpSite {
     /// Decodes `instr` as a comparison site, or None when it is none: not a
-    /// two-operand `cmp`/`sub`, 1-byte operands, `sub` of the stack pointer
-    /// or of a register from itself, or operands of other kinds.
+    /// two-operand `cmp`/`sub`, 1-byte operands other than a `cmp` with a
+    /// constant (a parser's dispatch on a type byte is one; byte loops are
+    /// not), `sub` of the stack pointer or of a register from itself, or
+    /// operands of other kinds.
     pub(super) fn from_instruction(instr: &Instruction) -> Option<CmpSite> {
         let kind = match instr.mnemonic() {
             Mnemonic::Cmp => CmpKind::Cmp,
@@ -113,9 +115,12 @@ impl CmpSite {
         };
         let width = u8::try_from(width)
             .ok()
-            .filter(|w| matches!(w, 2 | 4 | 8))?;
+            .filter(|w| matches!(w, 1 | 2 | 4 | 8))?;
         let lhs = operand(instr, 0, width)?;
         let rhs = operand(instr, 1, width)?;
+        if width == 1 && (kind != CmpKind::Cmp || !matches!(rhs, Operand::Imm(_))) {
+            return None;
+        }
         if kind == CmpKind::Sub {
             if let Operand::Reg(r) = lhs {
                 if r.full_register() == Register::RSP || Operand::Reg(r) == rhs {
@@ -377,7 +382,19 @@ mod tests {
 
     #[test]
     fn what_is_not_a_site() {
-        assert_eq!(site(&[0x3c, 0x4c], 0), None, "cmp al, imm8: one byte");
+        assert_eq!(
+            site(&[0x38, 0xc8], 0),
+            None,
+            "cmp al, cl: one byte, no constant"
+        );
+        assert_eq!(
+            site(&[0x2c, 0x4c], 0),
+            None,
+            "sub al, imm8: one byte, not a cmp"
+        );
+        // cmp al, 0x4c (a type byte's dispatch) is one
+        let s = site(&[0x3c, 0x4c], 0).unwrap();
+        assert_eq!((s.width, s.rhs), (1, Operand::Imm(0x4c)));
         assert_eq!(site(&[0x48, 0x83, 0xec, 0x18], 0), None, "sub rsp, 0x18");
         assert_eq!(site(&[0x29, 0xc0], 0), None, "sub eax, eax");
         assert_eq!(site(&[0x85, 0xc0], 0), None, "test eax, eax");

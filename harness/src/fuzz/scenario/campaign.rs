@@ -101,6 +101,7 @@ pub struct Stats {
 
 struct State {
     session: FuzzSession,
+    cmp_logs: super::i2s::CmpLogs,
     engine: Option<Engine>,
     stats: Stats,
     known: std::collections::HashSet<String>,
@@ -204,6 +205,22 @@ impl State {
         // to claim (their one-shot blocks were armed again).
         if exec.verdict.class == Class::Ok {
             feed(&exec, engine);
+        }
+        let cmp = engine.config.cmp;
+        let kept: Vec<_> = exec
+            .cmps
+            .iter()
+            .filter(|c| {
+                if c.from_guest {
+                    cmp.guest
+                } else {
+                    cmp.breakpoints
+                }
+            })
+            .copied()
+            .collect();
+        if !kept.is_empty() {
+            self.cmp_logs.record(input, &kept);
         }
         let verdict = exec.verdict.clone();
         let rc = match verdict.class {
@@ -378,6 +395,7 @@ pub fn run_libfuzzer(session_path: &Path, args: &[String]) -> Result<i32, Campai
     STATE.with(|s| {
         *s.borrow_mut() = Some(State {
             session,
+            cmp_logs: Default::default(),
             engine: None,
             stats: Stats::default(),
             known: Default::default(),
@@ -420,4 +438,76 @@ pub fn repro(engine: &mut Engine, input: &[u8]) -> Result<Repro, EngineError> {
         reproducible,
         backtrace,
     })
+}
+
+/// libFuzzer's custom mutator (the `lunavm` binary exports
+/// `LLVMFuzzerCustomMutator` and calls this): one time in three, an
+/// input-to-state replacement from the comparisons the input made when it
+/// ran (see [`super::i2s`]); otherwise, or when that finds nothing,
+/// libFuzzer's own mutators. `data` holds `max_size` bytes, `size` in use.
+pub fn custom_mutate(data: &mut [u8], size: usize, seed: u32) -> usize {
+    let mut rng = super::i2s::Rng::new(seed);
+    let size = size.min(data.len());
+    if rng.below(3) == 0
+        && STATE.with(|s| {
+            s.borrow_mut()
+                .as_mut()
+                .is_some_and(|st| st.i2s(&mut data[..size], &mut rng))
+        })
+    {
+        return size;
+    }
+    let max = data.len();
+    libfuzzer_sys::fuzzer_mutate(data, size, max)
+}
+
+impl State {
+    /// The comparison log of `data`: cached, else from a probe run.
+    fn cmp_log(&mut self, data: &[u8]) -> Option<Vec<(u64, u64, u8)>> {
+        if let Some(c) = self.cmp_logs.get(data) {
+            return Some(c.to_vec());
+        }
+        let engine = self.engine.as_mut()?;
+        let cmp = engine.config.cmp;
+        let exec = engine.probe(data).ok()?;
+        let kept: Vec<_> = exec
+            .cmps
+            .iter()
+            .filter(|c| {
+                if c.from_guest {
+                    cmp.guest
+                } else {
+                    cmp.breakpoints
+                }
+            })
+            .copied()
+            .collect();
+        self.cmp_logs.record(data, &kept);
+        self.cmp_logs.get(data).map(<[_]>::to_vec)
+    }
+
+    /// Input-to-state: replace an operand from `data`'s comparisons; half
+    /// the time, run the result and replace again from its comparisons (a
+    /// checksum over a field just replaced needs the second round).
+    fn i2s(&mut self, data: &mut [u8], rng: &mut super::i2s::Rng) -> bool {
+        let on = self
+            .engine
+            .as_ref()
+            .is_some_and(|e| e.config.cmp.breakpoints || e.config.cmp.guest);
+        if !on {
+            return false;
+        }
+        let Some(log) = self.cmp_log(data) else {
+            return false;
+        };
+        if !super::i2s::replace(data, &log, rng) {
+            return false;
+        }
+        if rng.below(2) == 0 {
+            if let Some(log) = self.cmp_log(data) {
+                super::i2s::replace(data, &log, rng);
+            }
+        }
+        true
+    }
 }

@@ -390,6 +390,17 @@ impl Engine {
 
     /// Runs one input from the fuzz point to its verdict.
     pub fn execute(&mut self, input: &[u8]) -> Result<Execution, EngineError> {
+        self.run_input(input, true)
+    }
+
+    /// Runs `input` for its comparisons only (the input-to-state mutator):
+    /// blocks it reaches stay armed, so the input libFuzzer later runs
+    /// still gets the credit.
+    pub fn probe(&mut self, input: &[u8]) -> Result<Execution, EngineError> {
+        self.run_input(input, false)
+    }
+
+    fn run_input(&mut self, input: &[u8], credit: bool) -> Result<Execution, EngineError> {
         let lua = self.sc.lua().clone();
         let st = self.sc.shared().clone();
         let t_restore = std::time::Instant::now();
@@ -483,7 +494,7 @@ impl Engine {
         if let Some(f) = &self.verdict_fn {
             self.apply_verdict_fn(f.clone(), &mut exec)?;
         }
-        self.settle_blocks(&mut exec, &removed)?;
+        self.settle_blocks(&mut exec, &removed, credit)?;
         Ok(exec)
     }
 
@@ -495,8 +506,9 @@ impl Engine {
         &mut self,
         exec: &mut Execution,
         removed: &[(u64, u8, Option<u32>)],
+        credit: bool,
     ) -> Result<(), EngineError> {
-        let keep = exec.verdict.class == Class::Ok;
+        let keep = credit && exec.verdict.class == Class::Ok;
         let st = self.sc.shared().clone();
         let mut g = st.borrow_mut();
         let s = &mut *g;

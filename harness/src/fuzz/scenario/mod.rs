@@ -8,6 +8,7 @@ pub mod command;
 pub mod config;
 pub mod elf;
 pub mod engine;
+pub mod i2s;
 pub mod libfuzzer;
 pub mod plot;
 pub mod totest;
