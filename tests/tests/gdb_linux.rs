@@ -122,7 +122,8 @@ impl Drop for Reaped {
 
 /// A running `lunavm run ... --gdb`, its stderr lines arriving on a channel.
 struct Server {
-    child: Reaped,
+    /// The process, killed when the server is dropped.
+    _child: Reaped,
     lines: mpsc::Receiver<String>,
     seen: String,
 }
@@ -151,7 +152,7 @@ impl Server {
             }
         });
         let mut server = Server {
-            child: Reaped(child),
+            _child: Reaped(child),
             lines,
             seen: String::new(),
         };
@@ -209,7 +210,10 @@ fn run_gdb(elf: &Path, commands: &[String]) -> String {
     let mut child = Reaped(child);
     let start = Instant::now();
     while child.0.try_wait().expect("wait for gdb").is_none() {
-        assert!(start.elapsed() < LIMIT, "gdb did not finish within {LIMIT:?}");
+        assert!(
+            start.elapsed() < LIMIT,
+            "gdb did not finish within {LIMIT:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let mut transcript = t_out.join().unwrap_or_default();
@@ -264,7 +268,12 @@ fn gdb_debugs_the_linux_test_kernel() {
     let files = linux_files();
     let syms = symbols(
         &files.system_map,
-        &["start_kernel", "load_elf_binary", "tick_periodic", "do_timer"],
+        &[
+            "start_kernel",
+            "load_elf_binary",
+            "tick_periodic",
+            "do_timer",
+        ],
     );
     let dir = tempfile::tempdir().expect("temp dir");
     let snap = dir.path().join("exec.snap");
@@ -334,7 +343,10 @@ fn gdb_debugs_the_linux_test_kernel() {
             "stopped at {name}:\n{transcript}"
         );
     }
-    assert!(transcript.contains(" \"/init\"\n"), "bprm->filename:\n{transcript}");
+    assert!(
+        transcript.contains(" \"/init\"\n"),
+        "bprm->filename:\n{transcript}"
+    );
     assert!(transcript.contains("$3 = 1\n"), "pid 1:\n{transcript}");
     assert!(
         transcript.contains("<load_elf_binary+"),
@@ -344,7 +356,10 @@ fn gdb_debugs_the_linux_test_kernel() {
         transcript.contains("Value returned is $4 = 0"),
         "load_elf_binary returned 0:\n{transcript}"
     );
-    assert!(!transcript.contains("Cannot insert"), "no errors:\n{transcript}");
+    assert!(
+        !transcript.contains("Cannot insert"),
+        "no errors:\n{transcript}"
+    );
     assert!(snap.exists(), "monitor lua saved the snapshot");
     assert_transcript("gdb_linux_boot", &transcript);
 
@@ -400,7 +415,10 @@ fn gdb_debugs_the_linux_test_kernel() {
     assert_eq!(new, vec![old[0] + 1], "jiffies + 1:\n{transcript}");
     assert!(transcript.contains("$1 = 1\n"), "one tick:\n{transcript}");
     assert!(transcript.contains("$3 = 2\n"), "two ticks:\n{transcript}");
-    assert!(!transcript.contains("Cannot insert"), "no errors:\n{transcript}");
+    assert!(
+        !transcript.contains("Cannot insert"),
+        "no errors:\n{transcript}"
+    );
     assert_transcript("gdb_linux_restored", &transcript);
     eprintln!(
         "gdb on Linux: boot session {:.1} s, restored session {:.1} s",
