@@ -656,6 +656,53 @@ fn gdb_software_breakpoints_stop_hide_and_step_over_their_int3() {
 }
 
 #[test]
+fn gdb_software_breakpoints_at_unmapped_addresses_take_debug_registers() {
+    require_kvm();
+    let (_dir, elf_path) = temp_file("hello.elf", &guest_elf("hello"));
+    let port = free_port();
+    let server = start_server(&["--guest", "hello"], port);
+    // Paging is off at the first instruction: addresses above RAM (and
+    // below 4 GiB: the 32-bit walker) map to nothing, as a Linux kernel's
+    // text does while its decompressor runs.
+    // Four such breakpoints fill the debug registers; gdb cannot insert a
+    // fifth, and the session goes on.
+    let mut commands = vec![
+        "set architecture i386:x86-64".to_string(),
+        format!("target remote 127.0.0.1:{port}"),
+    ];
+    for i in 0..5 {
+        commands.push(format!("break *{:#x}", 0xd000_0000u64 + i * 0x1000));
+    }
+    commands.extend(
+        [
+            "continue",
+            "delete 5",
+            "break guest_main",
+            "continue",
+            "info breakpoints",
+            "delete",
+            "continue",
+        ]
+        .map(String::from),
+    );
+    let transcript = run_gdb(&elf_path, &commands, |_| {});
+    let (code, stdout, stderr) = finish_server(server);
+    let context = format!("gdb:\n{transcript}\nlunavm stdout:\n{stdout}\nlunavm stderr:\n{stderr}");
+    assert_transcript("gdb_unmapped_breakpoints", &transcript);
+    assert!(
+        transcript.contains("Cannot insert breakpoint 5."),
+        "the fifth does not fit\n{context}"
+    );
+    assert!(
+        !transcript.contains("Cannot insert breakpoint 1."),
+        "the first four fit\n{context}"
+    );
+    assert!(transcript.contains("Breakpoint 6, guest_main"), "{context}");
+    assert!(transcript.contains("exited normally"), "{context}");
+    assert_eq!(code, Some(0), "{context}");
+}
+
+#[test]
 fn gdb_killed_or_sending_garbage_leaves_lunavm_waiting_for_the_next_gdb() {
     require_kvm();
     let (_dir, elf_path) = temp_file("spin.elf", &guest_elf("spin"));

@@ -12,8 +12,10 @@
 //!   unmapped address gets an error reply.
 //! - continue, single step, Ctrl-C, and breakpoints: software breakpoints
 //!   (`Z0`, gdb's `break`) are `int3`s written into guest memory and hidden
-//!   from memory reads (`machine::swbp`); hardware breakpoints (`Z1`,
-//!   `hbreak`) are debug registers from the allocator shared with Lua (four).
+//!   from memory reads (`machine::swbp`), or a debug register when the
+//!   address is not mapped yet (a kernel before it maps itself); hardware
+//!   breakpoints (`Z1`, `hbreak`) are debug registers from the allocator
+//!   shared with Lua (four).
 //! - watchpoints (`Z2`-`Z4`: `watch`, `rwatch`, `awatch`) are page watches
 //!   (`machine::watch`): they fire for guest kernel code too, where this
 //!   host's debug-register data breakpoints do not.

@@ -67,6 +67,9 @@ pub struct GdbTarget {
     resume: Resume,
     /// gdb's watchpoints: (address, length, kind, the machine's watch ids).
     watchpoints: Vec<(u64, u64, WatchKind, Vec<u64>)>,
+    /// gdb's software breakpoints held in debug registers: their address was
+    /// not mapped when gdb set them (a kernel before it maps itself).
+    sw_in_debug_regs: Vec<u64>,
     /// Checkpoints for reverse execution (`monitor record on`).
     pub(super) history: super::reverse::History,
     /// Whether checkpoints are taken.
@@ -96,6 +99,7 @@ impl GdbTarget {
             qemu_exit_codes,
             resume: Resume::Continue,
             watchpoints: Vec::new(),
+            sw_in_debug_regs: Vec::new(),
             history: super::reverse::History::default(),
             recording: false,
             finished: None,
@@ -111,6 +115,7 @@ impl GdbTarget {
     /// Removes gdb's breakpoints and watchpoints from the machine.
     pub(super) fn clear_debug_state(&mut self) -> Result<(), GdbError> {
         self.watchpoints.clear();
+        self.sw_in_debug_regs.clear();
         let mut m = self.machine()?;
         m.remove_breakpoints(Owner::Gdb)?;
         m.remove_sw_breakpoints(Owner::Gdb)?;
@@ -182,7 +187,9 @@ impl GdbTarget {
             Landing::Stepped => SingleThreadStopReason::DoneStep,
             Landing::Begin => begin,
             Landing::Breakpoint(addr) => {
-                if m.sw_breakpoints().held_by(addr, Owner::Gdb) {
+                if m.sw_breakpoints().held_by(addr, Owner::Gdb)
+                    || self.sw_in_debug_regs.contains(&addr)
+                {
                     SingleThreadStopReason::SwBreak(())
                 } else {
                     SingleThreadStopReason::HwBreak(())
@@ -215,9 +222,10 @@ impl GdbTarget {
                 }
             }
             StopReason::Breakpoint { addr } => {
-                if self
-                    .machine()
-                    .is_ok_and(|m| m.sw_breakpoints().held_by(*addr, Owner::Gdb))
+                if self.sw_in_debug_regs.contains(addr)
+                    || self
+                        .machine()
+                        .is_ok_and(|m| m.sw_breakpoints().held_by(*addr, Owner::Gdb))
                 {
                     SingleThreadStopReason::SwBreak(())
                 } else if self
@@ -648,19 +656,40 @@ impl HwWatchpoint for GdbTarget {
 }
 
 /// Software breakpoints are `int3`s written into guest memory
-/// (`machine::swbp`), hidden from gdb's memory reads.
+/// (`machine::swbp`), hidden from gdb's memory reads. One at an address the
+/// page tables do not map yet (a Linux kernel's `start_kernel` while its
+/// decompressor runs) takes a debug register instead, which fires once the
+/// address is mapped and executed; gdb sets its breakpoints again at every
+/// resume, so it becomes an `int3` at the first resume after the mapping.
 impl SwBreakpoint for GdbTarget {
     fn add_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
         let mut m = self.machine().map_err(fatal)?;
         match m.add_sw_breakpoint(addr, Owner::Gdb) {
             Ok(()) => Ok(true),
-            // Unmapped: gdb reports that it cannot insert the breakpoint.
-            Err(MachineError::SwBreakpoint(_)) => Err(TargetError::Errno(EFAULT)),
+            Err(MachineError::SwBreakpoint(_)) => {
+                drop(m);
+                if self.add_debug_breakpoint(addr)? {
+                    self.sw_in_debug_regs.push(addr);
+                    Ok(true)
+                } else {
+                    // Unmapped and no debug register free: gdb reports that
+                    // it cannot insert the breakpoint.
+                    Err(TargetError::Errno(EFAULT))
+                }
+            }
             Err(e) => Err(fatal(e)),
         }
     }
 
     fn remove_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        if let Some(i) = self.sw_in_debug_regs.iter().position(|&a| a == addr) {
+            self.sw_in_debug_regs.swap_remove(i);
+            return self
+                .machine()
+                .map_err(fatal)?
+                .remove_breakpoint(addr, Owner::Gdb)
+                .map_err(fatal);
+        }
         self.machine()
             .map_err(fatal)?
             .remove_sw_breakpoint(addr, Owner::Gdb)
