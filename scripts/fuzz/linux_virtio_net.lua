@@ -12,8 +12,9 @@
 -- of wall time here); lunavm keeps that machine in lunavm-fuzz/linux_virtio_net/
 -- point.snap and reuses it while it is newer than this file. Coverage comes
 -- from breakpoints on the basic blocks of the receive path's functions
--- (fuzz_config.instrument), crashes are an oops or a panic (breakpoints on
--- __die and panic) and the kernel's own BUG/WARNING reports on the console.
+-- (fuzz_config.instrument), crashes are an oops, a panic or a warning
+-- (breakpoints on __die, panic and __warn) and the kernel's BUG: reports on
+-- the console.
 --
 -- An input is a control byte and the bytes of the frame (see `frame` below):
 --
@@ -36,11 +37,14 @@ local net = require("lunavm.net")
 -- comes from linux.files() here, not from fuzz_setup.
 fuzz_config = {
   elf = linux.files().vmlinux,
-  -- An oops (every one goes through __die) or a panic.
-  crash_symbols = { "panic", "__die" },
-  -- What the kernel reports without dying: BUG:, WARNING:, a GPF, a
-  -- stack-protector or list corruption message, KASAN-style reports.
-  crash_serial = "BUG:|WARNING:|general protection|Kernel panic|list_(add|del) corruption|stack-protector",
+  -- An oops (every one goes through __die), a panic, a WARN_ON (__warn):
+  -- breakpoints at their entry, with the kernel's backtrace.
+  crash_symbols = { "panic", "__die", "__warn" },
+  -- What the kernel reports on the console without those: the whole line,
+  -- so the crash's title says which (`BUG: Bad page state`, `BUG:
+  -- scheduling while atomic`, list corruption; an oops's `BUG: kernel NULL
+  -- pointer dereference` line comes before its __die).
+  crash_serial = "(BUG: |list_(add|del) corruption)[^\r\n]*\r?\n",
   -- The receive path, from the card to the protocols (and the ICMP/ARP/TCP
   -- replies it sends back); nothing that only timers or the boot run.
   instrument = "^(virtnet_(poll|receive|rx_.*)|receive_(small|big|mergeable|buf)|page_to_skb"
