@@ -10,7 +10,8 @@
 budget = { time = "60s", wall = "300s" }
 
 -- The scenario and the seed, relative to this file's folder (scripts/examples).
-local here = arg[0]:match("^(.*)/[^/]*$") or "."
+-- (`arg` is set when the test runs; the listing pass loads the file without it.)
+local here = arg and arg[0] and arg[0]:match("^(.*)/[^/]*$") or "scripts/examples"
 local SCENARIO = here .. "/../fuzz/linux_virtio_net.lua"
 local SEED = here .. "/../../corpora/linux_virtio_net/seed-icmp-echo"
 
