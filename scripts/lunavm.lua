@@ -909,6 +909,8 @@ budget = nil
 ---@field pc integer The guest address the verdict is attributed to (0: none).
 ---@field serial string Serial output since the fuzz point.
 ---@field exits integer Guest exits of the run.
+---@field blocks integer Instrumented basic blocks (breakpoint coverage) the run reached.
+---@field vtime integer Virtual time of the run (ns).
 
 ---Fuzz scenarios (`lunavm fuzz`) and their regression tests.
 ---@class lunavm.fuzz

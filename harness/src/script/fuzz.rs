@@ -48,6 +48,8 @@ pub fn register(lua: &Lua, st: &Shared) -> mlua::Result<()> {
             r.set("pc", to_lua_int(v.pc))?;
             r.set("serial", lua.create_string(&exec.serial)?)?;
             r.set("exits", exec.exits)?;
+            r.set("blocks", exec.new_blocks.len())?;
+            r.set("vtime", exec.vtime_ns)?;
             Ok(Value::Table(r))
         },
     )?;
