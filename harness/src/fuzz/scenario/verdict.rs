@@ -69,8 +69,11 @@ impl Verdict {
         }
     }
 
-    /// The grouping key: class, reason and the innermost three frames (or
-    /// the title when there is no location), as 16 hex digits.
+    /// The grouping key: class, reason, the PC and the innermost frame (the
+    /// caller, read from the stack at a function's entry: frames further
+    /// out come from the frame-pointer chain, which a guest built without
+    /// frame pointers leaves to chance), or the title when there is no
+    /// location; 16 hex digits.
     /// Stable across lunavm versions and hosts (FNV-1a, 64-bit).
     pub fn signature(&self) -> String {
         let mut key = format!("{}/{}", self.class.name(), self.reason);
@@ -79,7 +82,7 @@ impl Verdict {
             key.push_str(&self.title);
         } else {
             key.push_str(&format!("/{:x}", self.pc));
-            for f in self.frames.iter().take(3) {
+            for f in self.frames.iter().take(1) {
                 key.push_str(&format!("/{f:x}"));
             }
         }
@@ -325,6 +328,12 @@ mod tests {
         let mut b = a.clone();
         b.title = "panic called from 0x1000 (second input)".into();
         assert_eq!(a.signature(), b.signature());
+        b.frames[1] = 0x3008;
+        assert_eq!(
+            a.signature(),
+            b.signature(),
+            "outer frames do not split a bug"
+        );
         b.frames[0] = 0x1004;
         assert_ne!(a.signature(), b.signature());
         let c = Verdict::new(Class::Crash, "serial", "matched: BUG");
