@@ -277,42 +277,7 @@ fn cmpxchg16b(ctx: &Context<'_>, insn: &Instruction) -> Result<Done, KvmFail> {
 
 /// A register's value for effective-address computation (segments: their base).
 fn read_reg(ctx: &Context<'_>, reg: Register) -> Option<u64> {
-    let r = &ctx.regs;
-    let s = &ctx.sregs;
-    let full = reg.full_register();
-    let v = match full {
-        Register::RAX => r.rax,
-        Register::RBX => r.rbx,
-        Register::RCX => r.rcx,
-        Register::RDX => r.rdx,
-        Register::RSI => r.rsi,
-        Register::RDI => r.rdi,
-        Register::RBP => r.rbp,
-        Register::RSP => r.rsp,
-        Register::R8 => r.r8,
-        Register::R9 => r.r9,
-        Register::R10 => r.r10,
-        Register::R11 => r.r11,
-        Register::R12 => r.r12,
-        Register::R13 => r.r13,
-        Register::R14 => r.r14,
-        Register::R15 => r.r15,
-        Register::RIP => r.rip,
-        Register::ES => s.es.base,
-        Register::CS => s.cs.base,
-        Register::SS => s.ss.base,
-        Register::DS => s.ds.base,
-        Register::FS => s.fs.base,
-        Register::GS => s.gs.base,
-        _ => return None,
-    };
-    // Narrow views (e.g. ESI in 32-bit addressing) take the low bits.
-    Some(match reg.size() {
-        1 => v & 0xff,
-        2 => v & 0xffff,
-        4 => v & 0xffff_ffff,
-        _ => v,
-    })
+    crate::vm::regs::register_value(&ctx.regs, &ctx.sregs, reg)
 }
 
 /// Writes a general register of 16, 32 or 64 bits with x86's merge rules.

@@ -20,14 +20,15 @@
 
 use std::collections::HashMap;
 
-use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
+use iced_x86::{Decoder, DecoderOptions, Register};
 use kvm_bindings::{kvm_regs, kvm_sregs};
 
 use super::{Machine, MachineError, StopReason};
+use crate::fuzz::elfmap::{CmpKind, CmpSite, OperandSource};
 use crate::machine::swbp::INT3;
 use crate::vm::access;
 use crate::vm::memory;
-use crate::vm::regs::{code_bitness, linear_rip, paging_regs};
+use crate::vm::regs::{code_bitness, linear_rip, paging_regs, register_value};
 
 /// What a fuzzing breakpoint does when hit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -268,6 +269,9 @@ impl Machine {
         regs: &kvm_regs,
         sregs: &kvm_sregs,
     ) -> Option<(CmpEvent, kvm_regs)> {
+        if linear_rip(regs, sregs) != pc {
+            return None;
+        }
         let pregs = paging_regs(sregs);
         let mut buf = [0u8; 15];
         let n = access::read_virt_prefix(&self.vm.mem, &pregs, pc, &mut buf);
@@ -275,131 +279,76 @@ impl Machine {
             return None;
         }
         buf[0] = orig;
-        let bitness = code_bitness(sregs);
-        let mut dec = Decoder::with_ip(bitness, &buf[..n], regs.rip, DecoderOptions::NONE);
+        let mut dec = Decoder::with_ip(
+            code_bitness(sregs),
+            &buf[..n],
+            regs.rip,
+            DecoderOptions::NONE,
+        );
         let insn = dec.decode();
-        if insn.is_invalid() || insn.mnemonic() != Mnemonic::Cmp || insn.op_count() != 2 {
-            return None;
-        }
-        let size = operand_size(&insn)?;
-        let mask = width_mask(size);
-        let a = self.operand(&insn, 0, regs, sregs, size)? & mask;
-        let b = self.operand(&insn, 1, regs, sregs, size)? & mask;
+        let site = CmpSite::from_instruction(&insn).filter(|c| c.kind == CmpKind::Cmp)?;
+        let (a, b) = site.evaluate(&VcpuOperands {
+            machine: self,
+            regs,
+            sregs,
+        })?;
         let mut out = *regs;
-        out.rflags = cmp_flags(regs.rflags, a, b, size);
+        out.rflags = cmp_flags(regs.rflags, a, b, site.width);
         out.rip = insn.next_ip();
-        if linear_rip(regs, sregs) != pc {
-            return None;
-        }
         Some((
             CmpEvent {
                 pc,
                 a,
                 b,
-                size,
+                size: site.width,
                 from_guest: false,
             },
             out,
         ))
     }
+}
 
-    fn operand(
-        &self,
-        insn: &Instruction,
-        i: u32,
-        regs: &kvm_regs,
-        sregs: &kvm_sregs,
-        size: u8,
-    ) -> Option<u64> {
-        match insn.op_kind(i) {
-            OpKind::Register => reg_value(insn.op_register(i), regs),
-            OpKind::Immediate8
-            | OpKind::Immediate16
-            | OpKind::Immediate32
-            | OpKind::Immediate8to16
-            | OpKind::Immediate8to32
-            | OpKind::Immediate8to64
-            | OpKind::Immediate32to64 => Some(insn.immediate(i)),
-            OpKind::Memory => {
-                let mut addr = insn.memory_displacement64();
-                if insn.memory_base() != Register::None && insn.memory_base() != Register::RIP {
-                    addr = addr.wrapping_add(reg_value(insn.memory_base(), regs)?);
-                }
-                if insn.memory_index() != Register::None {
-                    let idx = reg_value(insn.memory_index(), regs)?;
-                    addr =
-                        addr.wrapping_add(idx.wrapping_mul(u64::from(insn.memory_index_scale())));
-                }
-                match insn.memory_segment() {
-                    Register::FS => addr = addr.wrapping_add(sregs.fs.base),
-                    Register::GS => addr = addr.wrapping_add(sregs.gs.base),
-                    _ => {}
-                }
-                if code_bitness(sregs) != 64 {
-                    addr &= 0xffff_ffff;
-                }
-                let mut bytes = [0u8; 8];
-                let len = usize::from(size);
-                access::read_virt(&self.vm.mem, &paging_regs(sregs), addr, &mut bytes[..len])
-                    .ok()?;
-                Some(u64::from_le_bytes(bytes))
-            }
-            _ => None,
+/// The stopped vCPU as the source of a compare's operands.
+struct VcpuOperands<'a> {
+    machine: &'a Machine,
+    regs: &'a kvm_regs,
+    sregs: &'a kvm_sregs,
+}
+
+impl OperandSource for VcpuOperands<'_> {
+    fn reg(&self, r: Register) -> Option<u64> {
+        register_value(self.regs, self.sregs, r)
+    }
+
+    fn read_virt(&self, addr: u64, len: usize) -> Option<Vec<u8>> {
+        let mut bytes = vec![0u8; len];
+        access::read_virt(
+            &self.machine.vm.mem,
+            &paging_regs(self.sregs),
+            addr,
+            &mut bytes,
+        )
+        .ok()?;
+        Some(bytes)
+    }
+
+    fn segment_base(&self, seg: Register) -> Option<u64> {
+        // In 64-bit mode only FS and GS have a base; in 32-bit code every
+        // segment's base counts.
+        if code_bitness(self.sregs) == 64 && !matches!(seg, Register::FS | Register::GS) {
+            return Some(0);
         }
+        register_value(self.regs, self.sregs, seg)
     }
 }
 
-/// The width of a `cmp` in bytes.
-fn operand_size(insn: &Instruction) -> Option<u8> {
-    let size = match insn.op_kind(0) {
-        OpKind::Register => insn.op_register(0).size(),
-        OpKind::Memory => insn.memory_size().size(),
-        _ => return None,
-    };
-    match size {
-        1 | 2 | 4 | 8 => u8::try_from(size).ok(),
-        _ => None,
-    }
-}
-
+/// All-ones in the low `size` bytes.
 fn width_mask(size: u8) -> u64 {
     if size >= 8 {
         u64::MAX
     } else {
         (1u64 << (u32::from(size) * 8)) - 1
     }
-}
-
-/// A general-purpose register's value (sub-registers extracted).
-fn reg_value(r: Register, regs: &kvm_regs) -> Option<u64> {
-    let full = r.full_register();
-    let v = match full {
-        Register::RAX => regs.rax,
-        Register::RBX => regs.rbx,
-        Register::RCX => regs.rcx,
-        Register::RDX => regs.rdx,
-        Register::RSI => regs.rsi,
-        Register::RDI => regs.rdi,
-        Register::RBP => regs.rbp,
-        Register::RSP => regs.rsp,
-        Register::R8 => regs.r8,
-        Register::R9 => regs.r9,
-        Register::R10 => regs.r10,
-        Register::R11 => regs.r11,
-        Register::R12 => regs.r12,
-        Register::R13 => regs.r13,
-        Register::R14 => regs.r14,
-        Register::R15 => regs.r15,
-        Register::RIP => regs.rip,
-        _ => return None,
-    };
-    let high_byte = matches!(r, Register::AH | Register::BH | Register::CH | Register::DH);
-    let size = u8::try_from(r.size()).ok()?;
-    Some(if high_byte {
-        (v >> 8) & 0xff
-    } else {
-        v & width_mask(size)
-    })
 }
 
 /// RFLAGS after `cmp a, b` of `size` bytes: CF, PF, AF, ZF, SF and OF as
@@ -459,10 +408,14 @@ mod tests {
             rax: 0x1122_3344_5566_7788,
             ..Default::default()
         };
-        assert_eq!(reg_value(Register::EAX, &regs), Some(0x5566_7788));
-        assert_eq!(reg_value(Register::AX, &regs), Some(0x7788));
-        assert_eq!(reg_value(Register::AH, &regs), Some(0x77));
-        assert_eq!(reg_value(Register::AL, &regs), Some(0x88));
-        assert_eq!(reg_value(Register::RAX, &regs), Some(0x1122_3344_5566_7788));
+        let s = kvm_sregs::default();
+        assert_eq!(register_value(&regs, &s, Register::EAX), Some(0x5566_7788));
+        assert_eq!(register_value(&regs, &s, Register::AX), Some(0x7788));
+        assert_eq!(register_value(&regs, &s, Register::AH), Some(0x77));
+        assert_eq!(register_value(&regs, &s, Register::AL), Some(0x88));
+        assert_eq!(
+            register_value(&regs, &s, Register::RAX),
+            Some(0x1122_3344_5566_7788)
+        );
     }
 }

@@ -224,6 +224,52 @@ impl std::fmt::Display for RegisterDump {
     }
 }
 
+/// The value of `reg` as an instruction reads it: a general-purpose
+/// register or a narrow view of one (`eax`, `r8w`, `ah`...), RIP, or a
+/// segment register's base.
+pub fn register_value(r: &kvm_regs, s: &kvm_sregs, reg: iced_x86::Register) -> Option<u64> {
+    use iced_x86::Register;
+    let v = match reg.full_register() {
+        Register::RAX => r.rax,
+        Register::RBX => r.rbx,
+        Register::RCX => r.rcx,
+        Register::RDX => r.rdx,
+        Register::RSI => r.rsi,
+        Register::RDI => r.rdi,
+        Register::RBP => r.rbp,
+        Register::RSP => r.rsp,
+        Register::R8 => r.r8,
+        Register::R9 => r.r9,
+        Register::R10 => r.r10,
+        Register::R11 => r.r11,
+        Register::R12 => r.r12,
+        Register::R13 => r.r13,
+        Register::R14 => r.r14,
+        Register::R15 => r.r15,
+        Register::RIP => r.rip,
+        Register::ES => s.es.base,
+        Register::CS => s.cs.base,
+        Register::SS => s.ss.base,
+        Register::DS => s.ds.base,
+        Register::FS => s.fs.base,
+        Register::GS => s.gs.base,
+        _ => return None,
+    };
+    if matches!(
+        reg,
+        Register::AH | Register::BH | Register::CH | Register::DH
+    ) {
+        return Some((v >> 8) & 0xff);
+    }
+    // Narrow views (e.g. ESI in 32-bit addressing) take the low bits.
+    Some(match reg.size() {
+        1 => v & 0xff,
+        2 => v & 0xffff,
+        4 => v & 0xffff_ffff,
+        _ => v,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -99,7 +99,7 @@ impl CmpSite {
     /// constant (a parser's dispatch on a type byte is one; byte loops are
     /// not), `sub` of the stack pointer or of a register from itself, or
     /// operands of other kinds.
-    pub(super) fn from_instruction(instr: &Instruction) -> Option<CmpSite> {
+    pub(crate) fn from_instruction(instr: &Instruction) -> Option<CmpSite> {
         let kind = match instr.mnemonic() {
             Mnemonic::Cmp => CmpKind::Cmp,
             Mnemonic::Sub => CmpKind::Sub,
@@ -148,7 +148,11 @@ impl CmpSite {
     fn value(&self, op: &Operand, src: &dyn OperandSource) -> Option<u64> {
         let m = mask(self.width);
         match *op {
-            Operand::Reg(r) => Some(src.reg(r.full_register())? & m),
+            Operand::Reg(r) => {
+                let full = src.reg(r.full_register())?;
+                let high = matches!(r, Register::AH | Register::BH | Register::CH | Register::DH);
+                Some(if high { full >> 8 } else { full } & m)
+            }
             Operand::Imm(v) => Some(v & m),
             Operand::Mem(mem) => {
                 let addr = mem.address(src)?;

@@ -118,6 +118,22 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// The comparisons of `exec` from the sources the configuration enables.
+fn enabled_cmps(exec: &Execution, engine: &Engine) -> Vec<crate::machine::fuzzbp::CmpEvent> {
+    let cmp = engine.config.cmp;
+    exec.cmps
+        .iter()
+        .filter(|c| {
+            if c.from_guest {
+                cmp.guest
+            } else {
+                cmp.breakpoints
+            }
+        })
+        .copied()
+        .collect()
+}
+
 /// Feeds one execution's coverage and comparisons to libFuzzer.
 pub fn feed(exec: &Execution, engine: &Engine) {
     for &b in &exec.new_blocks {
@@ -128,11 +144,7 @@ pub fn feed(exec: &Execution, engine: &Engine) {
             libfuzzer::set_at_least(MAP_BASE + i % MAP_COUNTERS, v);
         }
     }
-    let cmp = engine.config.cmp;
-    for c in &exec.cmps {
-        if (c.from_guest && !cmp.guest) || (!c.from_guest && !cmp.breakpoints) {
-            continue;
-        }
+    for c in &enabled_cmps(exec, engine) {
         // Equal operands teach the mutator nothing and would crowd out
         // useful pairs in its small table of recent compares.
         if c.a != c.b {
@@ -206,19 +218,7 @@ impl State {
         if exec.verdict.class == Class::Ok {
             feed(&exec, engine);
         }
-        let cmp = engine.config.cmp;
-        let kept: Vec<_> = exec
-            .cmps
-            .iter()
-            .filter(|c| {
-                if c.from_guest {
-                    cmp.guest
-                } else {
-                    cmp.breakpoints
-                }
-            })
-            .copied()
-            .collect();
+        let kept = enabled_cmps(&exec, engine);
         if !kept.is_empty() {
             self.cmp_logs.record(input, &kept);
         }
@@ -468,20 +468,8 @@ impl State {
             return Some(c.to_vec());
         }
         let engine = self.engine.as_mut()?;
-        let cmp = engine.config.cmp;
         let exec = engine.probe(data).ok()?;
-        let kept: Vec<_> = exec
-            .cmps
-            .iter()
-            .filter(|c| {
-                if c.from_guest {
-                    cmp.guest
-                } else {
-                    cmp.breakpoints
-                }
-            })
-            .copied()
-            .collect();
+        let kept = enabled_cmps(&exec, engine);
         self.cmp_logs.record(data, &kept);
         self.cmp_logs.get(data).map(<[_]>::to_vec)
     }
