@@ -89,6 +89,17 @@ pub enum LaunchError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// An output file could not be written.
+    #[error("Cannot write {what} to {path}")]
+    Write {
+        /// What the file holds.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// The snapshot could not be saved.
     #[error("Cannot save a snapshot to {path}")]
     Save {
@@ -108,7 +119,8 @@ impl LaunchError {
             | LaunchError::Read { .. }
             | LaunchError::Load { .. }
             | LaunchError::Restore { .. }
-            | LaunchError::Save { .. } => exit_code::BAD_INPUT,
+            | LaunchError::Save { .. }
+            | LaunchError::Write { .. } => exit_code::BAD_INPUT,
             LaunchError::Machine(MachineError::Boot(_))
             | LaunchError::Machine(MachineError::Virtio(
                 VirtioSetupError::Disk(_) | VirtioSetupError::TooMany(_),

@@ -180,6 +180,11 @@ struct RunArgs {
     /// (exit sequence, serial output, final memory and registers).
     #[arg(long, value_name = "N", conflicts_with_all = ["save", "script"])]
     repeat: Option<u32>,
+    /// Write the exit trace to FILE as JSON lines: every guest-caused exit (kind, port or
+    /// address, value, virtual time, RIP) and every kick that moved virtual time. With
+    /// --repeat, run N's trace goes to FILE.N.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["script", "gdb"])]
+    trace: Option<PathBuf>,
     /// Treat determinism holes (host-timed kicks of a guest spinning without exits) as errors.
     #[arg(long)]
     strict: bool,
@@ -368,7 +373,7 @@ fn cmd_run(args: RunArgs) -> u8 {
             echo_serial: true,
             no_complete,
             echo_ucall_prints: !args.quiet,
-            trace_exits: args.repeat.is_some(),
+            trace_exits: args.repeat.is_some() || args.trace.is_some(),
             strict: args.strict,
             irqchip: args.irqchip,
             rtc_start: args.rtc_start,
@@ -388,7 +393,7 @@ fn cmd_run(args: RunArgs) -> u8 {
         gdb: args.gdb,
     };
     if let Some(n) = args.repeat {
-        return match lunavm::repeat::run_repeated(&opts, n) {
+        return match lunavm::repeat::run_repeated(&opts, n, args.trace.as_deref()) {
             Ok(summary) => {
                 eprint!("{}", summary.text);
                 summary.exit_code
@@ -414,6 +419,16 @@ fn cmd_run(args: RunArgs) -> u8 {
         if let Err(e) = std::fs::write(path, report.to_json() + "\n") {
             eprintln!(
                 "lunavm: error: cannot write the report to {}: {e}",
+                path.display()
+            );
+            return exit_code::BAD_INPUT;
+        }
+    }
+    if let Some(path) = &args.trace {
+        let trace = outcome.machine.exit_trace();
+        if let Err(e) = lunavm::machine::trace::write_json_lines(path, trace) {
+            eprintln!(
+                "lunavm: error: cannot write the exit trace to {}: {e}",
                 path.display()
             );
             return exit_code::BAD_INPUT;

@@ -5,6 +5,7 @@
 
 use crate::exit_code;
 use crate::launch::{self, LaunchError, RunOptions};
+use std::path::{Path, PathBuf};
 
 /// The result of `--repeat`.
 pub struct RepeatSummary {
@@ -34,19 +35,43 @@ fn digest(opts: &RunOptions) -> Result<Digest, LaunchError> {
     })
 }
 
+/// Where run `i`'s exit trace goes with `--trace FILE`: `FILE.i`.
+pub fn trace_path(base: &Path, i: u32) -> PathBuf {
+    let mut name = base.as_os_str().to_owned();
+    name.push(format!(".{i}"));
+    PathBuf::from(name)
+}
+
+fn write_trace(trace: Option<&Path>, i: u32, d: &Digest) -> Result<(), LaunchError> {
+    let Some(base) = trace else { return Ok(()) };
+    let path = trace_path(base, i);
+    crate::machine::trace::write_json_lines(&path, &d.trace).map_err(|source| LaunchError::Write {
+        what: "the exit trace",
+        path,
+        source,
+    })
+}
+
 /// Runs `opts` `n` times from scratch and compares every run with the first:
 /// the exit sequence, the serial output and the final state hash. Says where
-/// the first difference is.
-pub fn run_repeated(opts: &RunOptions, n: u32) -> Result<RepeatSummary, LaunchError> {
+/// the first difference is. With `trace`, run `i`'s exit trace is written to
+/// [`trace_path`]`(trace, i)` (JSON lines), up to the first run that differs.
+pub fn run_repeated(
+    opts: &RunOptions,
+    n: u32,
+    trace: Option<&Path>,
+) -> Result<RepeatSummary, LaunchError> {
     let mut opts = opts.clone();
     opts.state_hash = true;
     opts.machine.trace_exits = true;
     let first = digest(&opts)?;
+    write_trace(trace, 1, &first)?;
     opts.machine.echo_serial = false;
     opts.machine.echo_ucall_prints = false;
     let mut kicks = first.kicks;
     for i in 2..=n.max(1) {
         let d = digest(&opts)?;
+        write_trace(trace, i, &d)?;
         kicks += d.kicks;
         let diff = if let Some((at, a, b)) =
             crate::machine::trace::first_difference(&first.trace, &d.trace)
