@@ -18,6 +18,11 @@ import sys
 from collections import Counter
 
 
+# Records of exits the guest caused (what --max-exits counts); the others
+# (interrupts lunavm injected, kicks, spin waits) are lunavm's.
+GUEST_CAUSED = {"pio_in", "pio_out", "mmio_read", "mmio_write", "ucall", "hlt", "completion"}
+
+
 def load_map(path):
     addrs, names = [], []
     with open(path) as f:
@@ -82,7 +87,9 @@ def report(trace, table, markers):
             continue
         e = hit[0]
         n = sum(1 for i, _ in kicks if i <= e)
-        print(f"marker {m!r}: exit #{e}, {trace[e]['time_ns'] / 1e9:.3f} s virtual, "
+        exits = sum(1 for r in trace[: e + 1] if r["kind"] in GUEST_CAUSED)
+        print(f"marker {m!r}: record #{e}, guest exit {exits} (--max-exits {exits} "
+              f"stops right after it), {trace[e]['time_ns'] / 1e9:.3f} s virtual, "
               f"{n} kicks before it")
     jumped = Counter()
     by_fn = Counter()

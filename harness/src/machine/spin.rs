@@ -14,6 +14,11 @@
 //! time to the next timer deadline: the interrupt arrives at the same state
 //! in every run, and the spin wait is deterministic.
 //!
+//! Probes run only in kernel mode (CPL0): on software-nested KVM a single
+//! step of user-mode code raises #DB in the guest instead of exiting (Linux
+//! then kills the process with SIGTRAP), so a kick that finds the guest in
+//! user mode moves virtual time at once, host-timed, as before.
+//!
 //! A kick that finds no such loop changes nothing (the guest is computing).
 //! Only when [`FALLBACK_KICKS`] kicks in a row found no guest-caused exit and
 //! no spin (a wait loop that counts, or one longer than the probe) does
@@ -35,7 +40,7 @@ pub const MAX_STEPS: usize = 64;
 /// of host time) after which virtual time jumps even though no spin wait was
 /// found: the host-timed fallback that keeps a guest waiting in a loop that
 /// counts (e.g. Linux's `calibrate_delay` without `lpj=`) going.
-pub const FALLBACK_KICKS: u32 = 50;
+pub const FALLBACK_KICKS: u32 = 500;
 
 const RFLAGS_TF: u64 = 1 << 8;
 const RFLAGS_RF: u64 = 1 << 16;
@@ -189,9 +194,15 @@ impl Machine {
             self.kicks_in_a_row = 0;
             return Ok(Some(deadline));
         }
+        let sregs = self.sregs()?;
+        if sregs.cs.selector & 3 != 0 {
+            // User mode: single steps there reach the guest as #DB on some
+            // hosts (software-nested KVM), so no probe; the host-timed jump.
+            self.kicks_in_a_row = 0;
+            return Ok(Some(deadline));
+        }
         if self.can_probe() {
             let regs = self.regs()?;
-            let sregs = self.sregs()?;
             self.spin = Some(Active {
                 probe: Probe::new(State::of(&regs)),
                 sregs,
