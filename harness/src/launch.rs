@@ -159,6 +159,8 @@ pub fn exit_code_for(stop: &StopReason, qemu_exit_codes: bool) -> u8 {
             exit_code::BUDGET_EXHAUSTED
         }
         StopReason::DeterminismHole { .. } => exit_code::DIVERGENCE,
+        // `--until-serial`: the run reached the point it was asked to.
+        StopReason::SerialMatch { .. } => exit_code::SUCCESS,
         StopReason::Sync { .. }
         | StopReason::Intercepted { .. }
         | StopReason::Ucall { .. }
@@ -168,7 +170,6 @@ pub fn exit_code_for(stop: &StopReason, qemu_exit_codes: bool) -> u8 {
         | StopReason::Watch { .. }
         | StopReason::Stepped { .. }
         | StopReason::Interrupted
-        | StopReason::SerialMatch { .. }
         | StopReason::EntryFailure { .. }
         | StopReason::InternalError { .. }
         | StopReason::UnexpectedExit { .. } => exit_code::VM_ERROR,

@@ -180,6 +180,15 @@ struct RunArgs {
     /// (exit sequence, serial output, final memory and registers).
     #[arg(long, value_name = "N", conflicts_with_all = ["save", "script"])]
     repeat: Option<u32>,
+    /// Stop when the serial output matches REGEX (exit status 0): a fixed point such as
+    /// a console line, e.g. for --repeat.
+    #[arg(long, value_name = "REGEX")]
+    until_serial: Option<String>,
+    /// With --repeat: compare the exit sequences and serial output only, not the final
+    /// memory and registers (for guests with a known memory-only hole, e.g. Linux mixing
+    /// the TSC into its random pool).
+    #[arg(long, requires = "repeat")]
+    repeat_ignore_state: bool,
     /// Write the exit trace to FILE as JSON lines: every guest-caused exit (kind, port or
     /// address, value, virtual time, RIP) and every kick that moved virtual time. With
     /// --repeat, run N's trace goes to FILE.N.
@@ -349,6 +358,14 @@ fn cmd_run(args: RunArgs) -> u8 {
         }
     };
     let virtio = args.virtio();
+    let until_serial = match args.until_serial.as_deref().map(regex::bytes::Regex::new) {
+        None => None,
+        Some(Ok(regex)) => Some(lunavm::machine::stop::SerialWatch { regex, from: 0 }),
+        Some(Err(e)) => {
+            eprintln!("lunavm: error: --until-serial: {e}");
+            return exit_code::BAD_INPUT;
+        }
+    };
     let kernel = match (args.kernel, args.guest) {
         (Some(path), _) => KernelSource::File(path),
         (None, Some(name)) => KernelSource::Guest(name),
@@ -383,6 +400,7 @@ fn cmd_run(args: RunArgs) -> u8 {
         stop: StopCondition {
             max_exits: args.max_exits,
             max_time_ns: args.max_time,
+            serial: until_serial,
             ..StopCondition::default()
         },
         qemu_exit_codes: args.qemu_exit_codes,
@@ -393,7 +411,12 @@ fn cmd_run(args: RunArgs) -> u8 {
         gdb: args.gdb,
     };
     if let Some(n) = args.repeat {
-        return match lunavm::repeat::run_repeated(&opts, n, args.trace.as_deref()) {
+        return match lunavm::repeat::run_repeated(
+            &opts,
+            n,
+            args.trace.as_deref(),
+            args.repeat_ignore_state,
+        ) {
             Ok(summary) => {
                 eprint!("{}", summary.text);
                 summary.exit_code
