@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Boot a kernel (or the built-in `hello` guest) and run it to a stop, or run a Lua scenario.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Run Lua scenario tests: every `test_*` function of every `*_test.lua` file under PATHs.
     Test(TestArgs),
     /// Fuzz a guest from a Lua scenario's fuzz point with libFuzzer (see scripts/README.md, "Fuzzing").
@@ -529,7 +529,7 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     let code = match cli.command {
-        Command::Run(args) => cmd_run(args),
+        Command::Run(args) => cmd_run(*args),
         Command::Test(args) => cmd_test(args),
         Command::Fuzz(args) => cmd_fuzz(args),
         Command::Guests => cmd_guests(),
