@@ -251,6 +251,8 @@ impl Machine {
             self.reg_cache.invalidate();
             let traced = self.trace.len();
             let vcpu = &mut self.vcpus[self.current];
+            self.kicker
+                .hold(vcpu.get_kvm_run().request_interrupt_window != 0);
             let pending = match vcpu.run() {
                 Ok(VcpuExit::IoOut(port, data)) => {
                     self.exits.pio_out += 1;
