@@ -89,6 +89,17 @@ pub enum LaunchError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// An output file could not be written.
+    #[error("Cannot write {what} to {path}")]
+    Write {
+        /// What the file holds.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// The snapshot could not be saved.
     #[error("Cannot save a snapshot to {path}")]
     Save {
@@ -108,7 +119,8 @@ impl LaunchError {
             | LaunchError::Read { .. }
             | LaunchError::Load { .. }
             | LaunchError::Restore { .. }
-            | LaunchError::Save { .. } => exit_code::BAD_INPUT,
+            | LaunchError::Save { .. }
+            | LaunchError::Write { .. } => exit_code::BAD_INPUT,
             LaunchError::Machine(MachineError::Boot(_))
             | LaunchError::Machine(MachineError::Virtio(
                 VirtioSetupError::Disk(_) | VirtioSetupError::TooMany(_),
@@ -147,6 +159,8 @@ pub fn exit_code_for(stop: &StopReason, qemu_exit_codes: bool) -> u8 {
             exit_code::BUDGET_EXHAUSTED
         }
         StopReason::DeterminismHole { .. } => exit_code::DIVERGENCE,
+        // `--until-serial`: the run reached the point it was asked to.
+        StopReason::SerialMatch { .. } => exit_code::SUCCESS,
         StopReason::Sync { .. }
         | StopReason::Intercepted { .. }
         | StopReason::Ucall { .. }
@@ -156,7 +170,6 @@ pub fn exit_code_for(stop: &StopReason, qemu_exit_codes: bool) -> u8 {
         | StopReason::Watch { .. }
         | StopReason::Stepped { .. }
         | StopReason::Interrupted
-        | StopReason::SerialMatch { .. }
         | StopReason::EntryFailure { .. }
         | StopReason::InternalError { .. }
         | StopReason::UnexpectedExit { .. } => exit_code::VM_ERROR,

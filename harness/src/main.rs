@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Boot a kernel (or the built-in `hello` guest) and run it to a stop, or run a Lua scenario.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Run Lua scenario tests: every `test_*` function of every `*_test.lua` file under PATHs.
     Test(TestArgs),
     /// Fuzz a guest from a Lua scenario's fuzz point with libFuzzer (see scripts/README.md, "Fuzzing").
@@ -180,6 +180,20 @@ struct RunArgs {
     /// (exit sequence, serial output, final memory and registers).
     #[arg(long, value_name = "N", conflicts_with_all = ["save", "script"])]
     repeat: Option<u32>,
+    /// Stop when the serial output matches REGEX (exit status 0): a fixed point such as
+    /// a console line, e.g. for --repeat.
+    #[arg(long, value_name = "REGEX")]
+    until_serial: Option<String>,
+    /// With --repeat: compare the exit sequences and serial output only, not the final
+    /// memory and registers (for guests with a known memory-only hole, e.g. Linux mixing
+    /// the TSC into its random pool).
+    #[arg(long, requires = "repeat")]
+    repeat_ignore_state: bool,
+    /// Write the exit trace to FILE as JSON lines: every guest-caused exit (kind, port or
+    /// address, value, virtual time, RIP) and every kick that moved virtual time. With
+    /// --repeat, run N's trace goes to FILE.N.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["script", "gdb"])]
+    trace: Option<PathBuf>,
     /// Treat determinism holes (host-timed kicks of a guest spinning without exits) as errors.
     #[arg(long)]
     strict: bool,
@@ -344,6 +358,14 @@ fn cmd_run(args: RunArgs) -> u8 {
         }
     };
     let virtio = args.virtio();
+    let until_serial = match args.until_serial.as_deref().map(regex::bytes::Regex::new) {
+        None => None,
+        Some(Ok(regex)) => Some(lunavm::machine::stop::SerialWatch { regex, from: 0 }),
+        Some(Err(e)) => {
+            eprintln!("lunavm: error: --until-serial: {e}");
+            return exit_code::BAD_INPUT;
+        }
+    };
     let kernel = match (args.kernel, args.guest) {
         (Some(path), _) => KernelSource::File(path),
         (None, Some(name)) => KernelSource::Guest(name),
@@ -368,7 +390,7 @@ fn cmd_run(args: RunArgs) -> u8 {
             echo_serial: true,
             no_complete,
             echo_ucall_prints: !args.quiet,
-            trace_exits: args.repeat.is_some(),
+            trace_exits: args.repeat.is_some() || args.trace.is_some(),
             strict: args.strict,
             irqchip: args.irqchip,
             rtc_start: args.rtc_start,
@@ -378,6 +400,7 @@ fn cmd_run(args: RunArgs) -> u8 {
         stop: StopCondition {
             max_exits: args.max_exits,
             max_time_ns: args.max_time,
+            serial: until_serial,
             ..StopCondition::default()
         },
         qemu_exit_codes: args.qemu_exit_codes,
@@ -388,7 +411,12 @@ fn cmd_run(args: RunArgs) -> u8 {
         gdb: args.gdb,
     };
     if let Some(n) = args.repeat {
-        return match lunavm::repeat::run_repeated(&opts, n) {
+        return match lunavm::repeat::run_repeated(
+            &opts,
+            n,
+            args.trace.as_deref(),
+            args.repeat_ignore_state,
+        ) {
             Ok(summary) => {
                 eprint!("{}", summary.text);
                 summary.exit_code
@@ -414,6 +442,16 @@ fn cmd_run(args: RunArgs) -> u8 {
         if let Err(e) = std::fs::write(path, report.to_json() + "\n") {
             eprintln!(
                 "lunavm: error: cannot write the report to {}: {e}",
+                path.display()
+            );
+            return exit_code::BAD_INPUT;
+        }
+    }
+    if let Some(path) = &args.trace {
+        let trace = outcome.machine.exit_trace();
+        if let Err(e) = lunavm::machine::trace::write_json_lines(path, trace) {
+            eprintln!(
+                "lunavm: error: cannot write the exit trace to {}: {e}",
                 path.display()
             );
             return exit_code::BAD_INPUT;
@@ -513,7 +551,7 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     let code = match cli.command {
-        Command::Run(args) => cmd_run(args),
+        Command::Run(args) => cmd_run(*args),
         Command::Test(args) => cmd_test(args),
         Command::Fuzz(args) => cmd_fuzz(args),
         Command::Guests => cmd_guests(),

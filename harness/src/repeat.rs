@@ -5,6 +5,7 @@
 
 use crate::exit_code;
 use crate::launch::{self, LaunchError, RunOptions};
+use std::path::{Path, PathBuf};
 
 /// The result of `--repeat`.
 pub struct RepeatSummary {
@@ -34,19 +35,45 @@ fn digest(opts: &RunOptions) -> Result<Digest, LaunchError> {
     })
 }
 
+/// Where run `i`'s exit trace goes with `--trace FILE`: `FILE.i`.
+pub fn trace_path(base: &Path, i: u32) -> PathBuf {
+    let mut name = base.as_os_str().to_owned();
+    name.push(format!(".{i}"));
+    PathBuf::from(name)
+}
+
+fn write_trace(trace: Option<&Path>, i: u32, d: &Digest) -> Result<(), LaunchError> {
+    let Some(base) = trace else { return Ok(()) };
+    let path = trace_path(base, i);
+    crate::machine::trace::write_json_lines(&path, &d.trace).map_err(|source| LaunchError::Write {
+        what: "the exit trace",
+        path,
+        source,
+    })
+}
+
 /// Runs `opts` `n` times from scratch and compares every run with the first:
 /// the exit sequence, the serial output and the final state hash. Says where
-/// the first difference is.
-pub fn run_repeated(opts: &RunOptions, n: u32) -> Result<RepeatSummary, LaunchError> {
+/// the first difference is. With `trace`, run `i`'s exit trace is written to
+/// [`trace_path`]`(trace, i)` (JSON lines), up to the first run that differs.
+/// With `ignore_state`, the final memory and registers are not compared.
+pub fn run_repeated(
+    opts: &RunOptions,
+    n: u32,
+    trace: Option<&Path>,
+    ignore_state: bool,
+) -> Result<RepeatSummary, LaunchError> {
     let mut opts = opts.clone();
     opts.state_hash = true;
     opts.machine.trace_exits = true;
     let first = digest(&opts)?;
+    write_trace(trace, 1, &first)?;
     opts.machine.echo_serial = false;
     opts.machine.echo_ucall_prints = false;
     let mut kicks = first.kicks;
     for i in 2..=n.max(1) {
         let d = digest(&opts)?;
+        write_trace(trace, i, &d)?;
         kicks += d.kicks;
         let diff = if let Some((at, a, b)) =
             crate::machine::trace::first_difference(&first.trace, &d.trace)
@@ -61,7 +88,7 @@ pub fn run_repeated(opts: &RunOptions, n: u32) -> Result<RepeatSummary, LaunchEr
             ))
         } else if d.serial != first.serial {
             Some("the serial output differs with the same exits".to_string())
-        } else if d.state_hash != first.state_hash {
+        } else if !ignore_state && d.state_hash != first.state_hash {
             Some(format!(
                 "the final memory and registers differ (hash {} vs {})",
                 first.state_hash, d.state_hash
@@ -82,7 +109,7 @@ pub fn run_repeated(opts: &RunOptions, n: u32) -> Result<RepeatSummary, LaunchEr
             n.max(1),
             first.trace.len(),
             first.serial.len(),
-            first.state_hash,
+            if ignore_state { "not compared" } else { &first.state_hash },
             first.exit_code
         ),
         exit_code: first.exit_code,

@@ -169,8 +169,8 @@ impl RunReport {
         if e.interrupts > 0 || e.kicks > 0 {
             let _ = writeln!(
                 s,
-                "  platform   interrupts injected {}; kicks {} ({} moved virtual time: determinism holes)",
-                e.interrupts, e.kicks, e.kick_time_jumps
+                "  platform   interrupts injected {}; kicks {} ({} found a spin wait: virtual time moved deterministically; {} moved it host-timed: determinism holes)",
+                e.interrupts, e.kicks, e.spin_waits, e.kick_time_jumps
             );
         }
         let (p, m) = (self.unclaimed_pio, self.unclaimed_mmio);

@@ -39,9 +39,14 @@ function linux.files(kind)
 end
 
 --- The command line of the deterministic platform: serial console, PIC and
---- PIT only, the TSC not trusted, a panic stops the machine. lunavm adds
---- nokaslr and what hides the CPU profile's features itself.
-linux.CMDLINE = "console=ttyS0 nolapic noapic tsc=unstable panic=-1"
+--- PIT only, the TSC hidden from the kernel (`clearcpuid=tsc`: no TSC
+--- calibration against the PIT, jiffies for sched_clock and the clocksource)
+--- and a preset delay-loop calibration (`lpj=`: calibrate_delay's loop would
+--- wait for jiffies without exits), a panic stops the machine. With it the
+--- boot repeats exactly (exits and console) up to "Run /init" (README,
+--- "Determinism"). lunavm adds nokaslr and what hides the CPU profile's
+--- features itself (merging this clearcpuid= into its own).
+linux.CMDLINE = "console=ttyS0 nolapic noapic clearcpuid=tsc lpj=10000 panic=-1"
 
 --- Boots the test-suite kernel with the idle initramfs and runs it until
 --- "Run /init" appears (virtual-time `timeout`, default "30s"). `opts` adds

@@ -224,6 +224,13 @@ fn write_page_tables(mem: &GuestMem) {
 /// `clearcpuid=` with Linux's names for them, plus `noxsave` and
 /// `nofsgsbase` for the two Linux also needs switched off by their own
 /// options. Then the user's line, which can add to all of this.
+///
+/// Linux reads only the last `clearcpuid=` and only its first 127
+/// characters (6.1), so a `clearcpuid=` in the user's line is merged into
+/// lunavm's, the user's features first (e.g. `clearcpuid=tsc` for the
+/// deterministic Linux command line), and features Linux clears itself with
+/// their parent ([`IMPLIED_BY`]: AVX and its family go with XSAVE) are left
+/// out.
 pub fn compat_cmdline(user: &str, still_visible: &[&str]) -> String {
     let mut parts: Vec<String> = Vec::new();
     if !user
@@ -232,17 +239,51 @@ pub fn compat_cmdline(user: &str, still_visible: &[&str]) -> String {
     {
         parts.push("nokaslr".into());
     }
-    if !still_visible.is_empty() {
-        parts.push(format!("clearcpuid={}", still_visible.join(",")));
+    let mut clear: Vec<&str> = Vec::new();
+    let mut rest: Vec<&str> = Vec::new();
+    for w in user.split_whitespace() {
+        match w.strip_prefix("clearcpuid=") {
+            Some(list) => clear.extend(list.split(',').filter(|f| !f.is_empty())),
+            None => rest.push(w),
+        }
+    }
+    let implied = |f: &str| {
+        IMPLIED_BY
+            .iter()
+            .any(|(child, parent)| *child == f && still_visible.contains(parent))
+    };
+    for f in still_visible {
+        if !implied(f) {
+            clear.push(f);
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    clear.retain(|f| seen.insert(*f));
+    if !clear.is_empty() {
+        parts.push(format!("clearcpuid={}", clear.join(",")));
     }
     for (feature, option) in [("xsave", "noxsave"), ("fsgsbase", "nofsgsbase")] {
         if still_visible.contains(&feature) {
             parts.push(option.into());
         }
     }
-    parts.push(user.to_string());
+    parts.extend(rest.iter().map(|w| w.to_string()));
     parts.join(" ").trim().to_string()
 }
+
+/// (feature, parent): Linux clears the feature itself when the parent is
+/// cleared (arch/x86/kernel/cpu/cpuid-deps.c), so `clearcpuid=` need not
+/// name it.
+pub const IMPLIED_BY: &[(&str, &str)] = &[
+    ("xsaveopt", "xsave"),
+    ("xsavec", "xsave"),
+    ("xsaves", "xsave"),
+    ("avx", "xsave"),
+    ("fma", "xsave"),
+    ("vaes", "xsave"),
+    ("avx2", "xsave"),
+    ("avx512f", "xsave"),
+];
 
 /// Sets `boot_params.acpi_rsdp_addr`, so the kernel finds the ACPI tables
 /// without scanning (protocol 2.14 and later; older kernels scan).
@@ -332,6 +373,52 @@ mod tests {
             compat_cmdline("quiet", &["popcnt", "xsave", "fsgsbase"]),
             "nokaslr clearcpuid=popcnt,xsave,fsgsbase noxsave nofsgsbase quiet"
         );
+    }
+
+    #[test]
+    fn a_users_clearcpuid_is_merged_first_and_implied_features_are_left_out() {
+        assert_eq!(
+            compat_cmdline(
+                "console=ttyS0 clearcpuid=tsc,popcnt lpj=1000",
+                &["popcnt", "xsave", "avx", "avx2", "xsavec", "rdrand"]
+            ),
+            "nokaslr clearcpuid=tsc,popcnt,xsave,rdrand noxsave console=ttyS0 lpj=1000"
+        );
+        // The profile's list as this project's software-nested host shows it,
+        // plus tsc: within the 127 characters Linux 6.1 reads.
+        let host = [
+            "pclmulqdq",
+            "ssse3",
+            "sse4_1",
+            "sse4_2",
+            "movbe",
+            "popcnt",
+            "aes",
+            "xsave",
+            "avx",
+            "f16c",
+            "rdrand",
+            "fsgsbase",
+            "bmi1",
+            "avx2",
+            "bmi2",
+            "avx512f",
+            "rdseed",
+            "adx",
+            "smap",
+            "clflushopt",
+            "clwb",
+            "sha_ni",
+            "umip",
+            "gfni",
+            "vaes",
+            "xsaveopt",
+            "xsavec",
+        ];
+        let line = compat_cmdline("clearcpuid=tsc", &host);
+        let list = line.split_whitespace().nth(1).unwrap();
+        assert!(list.starts_with("clearcpuid=tsc,pclmulqdq,"), "{list}");
+        assert!(!list.contains("avx"), "{list}");
     }
 
     #[test]

@@ -177,6 +177,8 @@ impl Machine {
         if !self.sw_breakpoints.list().is_empty() || !self.fuzz_bps.is_empty() {
             dbg.control |= KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_SW_BP;
         }
+        // A spin-wait probe single-steps with the breakpoints on.
+        dbg.control |= self.probe_debug_flags();
         for vcpu in &self.vcpus {
             vcpu.set_guest_debug(&dbg)
                 .map_err(|source| MachineError::Kvm {

@@ -13,6 +13,10 @@ use std::time::Duration;
 /// Host time without an exit after which the vCPU is kicked.
 pub const KICK_INTERVAL: Duration = Duration::from_millis(20);
 
+/// Kick intervals a kick waits while the run loop holds kicks (an
+/// interrupt window is requested): about 10 s of host time.
+const HOLD_LIMIT: u32 = 500;
+
 /// The real-time signal used for kicks (SIGRTMIN + this).
 const KICK_SIGNAL_OFFSET: libc::c_int = 2;
 
@@ -34,6 +38,9 @@ struct Shared {
     target: AtomicU64,
     /// The watchdog should end.
     stop: AtomicBool,
+    /// Kicks wait (up to [`HOLD_LIMIT`] intervals): an interrupt is pending
+    /// and KVM was asked for an exit when the guest can take it.
+    hold: AtomicBool,
 }
 
 /// The watchdog.
@@ -76,6 +83,16 @@ impl Kicker {
     pub fn progress(&self) {
         self.shared.progress.fetch_add(1, Ordering::Relaxed);
     }
+
+    /// Holds kicks while the guest is entered with an interrupt window
+    /// requested. On software-nested KVM the window exit of kernel code
+    /// comes at a later point of the emulator's own choosing (the same in
+    /// every run); a kick before it would open a host-timed point where the
+    /// interrupt is injected instead. The watchdog still kicks after about
+    /// 10 s (a guest spinning with interrupts off).
+    pub fn hold(&self, hold: bool) {
+        self.shared.hold.store(hold, Ordering::Relaxed);
+    }
 }
 
 impl Drop for Kicker {
@@ -91,6 +108,7 @@ impl Drop for Kicker {
 fn watchdog(s: &Shared) {
     let mut last = s.progress.load(Ordering::Relaxed);
     let mut idle = Duration::ZERO;
+    let mut held = 0u32;
     let step = KICK_INTERVAL / 4;
     while !s.stop.load(Ordering::Acquire) {
         std::thread::park_timeout(step);
@@ -98,11 +116,17 @@ fn watchdog(s: &Shared) {
         if !s.running.load(Ordering::Acquire) || now != last {
             last = now;
             idle = Duration::ZERO;
+            held = 0;
             continue;
         }
         idle += step;
         if idle >= KICK_INTERVAL {
             idle = Duration::ZERO;
+            if s.hold.load(Ordering::Relaxed) && held < HOLD_LIMIT {
+                held += 1;
+                continue;
+            }
+            held = 0;
             let target = s.target.load(Ordering::Relaxed);
             if s.running.load(Ordering::Acquire) {
                 // SAFETY: `target` is the pthread_t of the thread inside the run

@@ -9,6 +9,7 @@ pub mod intercept;
 pub mod kick;
 pub mod platform;
 mod run;
+pub mod spin;
 pub mod stats;
 pub mod stop;
 pub mod swbp;
@@ -249,6 +250,12 @@ pub struct Machine {
     /// run loop handles itself, e.g. a page fault at the SYSCALL path's
     /// breakpoint).
     pub(crate) step_over_now: bool,
+    /// A spin-wait probe started by a kick ([`spin`]).
+    pub(crate) spin: Option<spin::Active>,
+    /// Guest-caused exits counted at the last kick.
+    pub(crate) kick_mark: u64,
+    /// Kicks in a row with no guest-caused exit between them.
+    pub(crate) kicks_in_a_row: u32,
 }
 
 /// The current vCPU's registers as last read or written, until it runs again.
@@ -368,6 +375,9 @@ impl Machine {
             block_interrupts: false,
             syscall_compat,
             step_over_now: false,
+            spin: None,
+            kick_mark: 0,
+            kicks_in_a_row: 0,
         })
     }
 
@@ -479,12 +489,25 @@ impl Machine {
     pub(crate) fn record(&mut self, kind: trace::ExitKind, addr: u64, value: u64) {
         if self.config.trace_exits {
             let time_ns = self.clock.now_ns();
+            let rip = self.regs().map_or(0, |r| r.rip);
             self.trace.push(trace::ExitRecord {
                 kind,
                 addr,
                 value,
                 time_ns,
+                rip,
             });
+        }
+    }
+
+    /// Fills in the RIP of the trace records from index `from` on that the
+    /// run loop pushed while the exit's data still borrowed the vCPU.
+    pub(crate) fn fill_trace_rips(&mut self, from: usize) {
+        if self.trace.len() > from {
+            let rip = self.regs().map_or(0, |r| r.rip);
+            for r in &mut self.trace[from..] {
+                r.rip = rip;
+            }
         }
     }
 

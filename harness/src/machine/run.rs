@@ -88,22 +88,31 @@ impl Machine {
     /// then the guest is presumably waiting for it without exits, and virtual
     /// time jumps to the deadline — a host-timed event, so a determinism hole
     /// (counted, traced, and an error under `--strict`).
-    fn kicked(&mut self) -> Option<StopReason> {
+    fn kicked(&mut self) -> Result<Option<StopReason>, MachineError> {
         self.exits.kicks += 1;
-        let deadline = self.next_timer_deadline()?;
+        // A probe still running (its steps stopped coming): start over.
+        self.end_probe()?;
+        let Some(deadline) = self.next_timer_deadline() else {
+            return Ok(None);
+        };
         if deadline <= self.clock.now_ns() {
-            return None;
+            return Ok(None);
         }
+        // Look for a spin wait first; jump host-timed only as a fallback.
+        let Some(deadline) = self.kick_with_deadline(deadline)? else {
+            return Ok(None);
+        };
         self.exits.kick_time_jumps += 1;
+        // The record's RIP is where the guest spun; its value the deadline.
         self.record(ExitKind::Kick, 0, deadline);
         if self.config.strict {
-            return Some(StopReason::DeterminismHole {
-                what: "the guest ran without an exit for 20 ms of host time while a timer was due, and was kicked"
+            return Ok(Some(StopReason::DeterminismHole {
+                what: "the guest ran without an exit and without a spin wait lunavm could recognise for a second of host time while a timer was due, and virtual time was moved"
                     .into(),
-            });
+            }));
         }
         self.clock.advance(deadline - self.clock.now_ns());
-        None
+        Ok(None)
     }
 
     /// The virtual time (ns) of the platform's next timer event, if any timer
@@ -123,7 +132,8 @@ impl Machine {
         }
         // The single step that completes a watched access must run that
         // instruction, not an interrupt handler; so must a debugger's step.
-        if self.watches.pending.is_some() || self.block_interrupts {
+        // A spin-wait probe's steps must not run a handler either.
+        if self.watches.pending.is_some() || self.block_interrupts || self.spin.is_some() {
             self.vcpus[self.current]
                 .get_kvm_run()
                 .request_interrupt_window = 0;
@@ -208,6 +218,8 @@ impl Machine {
             self.step_over_armed = true;
         }
         let result = self.run_loop(cond, start_exits, start_ns);
+        // A probe cut short by the run's end: the guest state is as stepped.
+        self.end_probe()?;
         if self.step_over_armed {
             // Stopped before the step completed: step over next time (a
             // requested step only if it started at a breakpoint).
@@ -237,7 +249,10 @@ impl Machine {
             self.current = self.schedule();
             self.prepare_entry()?;
             self.reg_cache.invalidate();
+            let traced = self.trace.len();
             let vcpu = &mut self.vcpus[self.current];
+            self.kicker
+                .hold(vcpu.get_kvm_run().request_interrupt_window != 0);
             let pending = match vcpu.run() {
                 Ok(VcpuExit::IoOut(port, data)) => {
                     self.exits.pio_out += 1;
@@ -264,6 +279,7 @@ impl Machine {
                             addr: u64::from(port),
                             value,
                             time_ns,
+                            rip: 0,
                         });
                     }
                     if self.intercepts.matches(Space::Pio, u64::from(port), false) {
@@ -311,6 +327,7 @@ impl Machine {
                             addr,
                             value,
                             time_ns,
+                            rip: 0,
                         });
                     }
                     if self.intercepts.matches(Space::Mmio, addr, false) {
@@ -367,6 +384,20 @@ impl Machine {
             };
 
             self.kicker.progress();
+            self.fill_trace_rips(traced);
+            if self.spin.is_some() {
+                let debug = match pending {
+                    Pending::Debug { pc, exception } => Some((pc, exception)),
+                    _ => None,
+                };
+                if let super::spin::ProbeExit::Swallowed = self.probe_exit(debug)? {
+                    if cond.interrupted() {
+                        self.end_probe()?;
+                        return Ok(StopReason::Interrupted);
+                    }
+                    continue;
+                }
+            }
             let pending = if self.step_over_armed {
                 let debug = matches!(pending, Pending::Debug { .. });
                 if cond.single_step {
@@ -452,7 +483,7 @@ impl Machine {
                 self.lstar_written(value)?;
                 None
             }
-            Pending::Kicked => self.kicked(),
+            Pending::Kicked => self.kicked()?,
             Pending::Write { port, data, len } => {
                 self.clock.charge(Charge::Pio);
                 let addr = u64::from(port);

@@ -24,9 +24,15 @@ pub struct ExitCounts {
     /// Forward-progress kicks of a vCPU that ran 20 ms of host time without an exit.
     #[serde(default)]
     pub kicks: u64,
-    /// Kicks that moved virtual time to a pending timer deadline: determinism holes.
+    /// Kicks that moved virtual time to a pending timer deadline where the
+    /// guest happened to be (host-timed fallback): determinism holes.
     #[serde(default)]
     pub kick_time_jumps: u64,
+    /// Kicks that found the guest in a spin wait (a loop that changes
+    /// nothing) and moved virtual time at the loop's canonical state:
+    /// deterministic ([`super::spin`]).
+    #[serde(default)]
+    pub spin_waits: u64,
     /// Interrupts injected.
     #[serde(default)]
     pub interrupts: u64,

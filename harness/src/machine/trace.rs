@@ -1,5 +1,6 @@
-//! The exit trace: one record per guest-caused exit (and per kick), for the
-//! `--repeat` determinism check, which compares traces record by record.
+//! The exit trace: one record per guest-caused exit (and per kick that moved
+//! virtual time), for the `--repeat` determinism check, which compares traces
+//! record by record, and for `lunavm run --trace FILE` (JSON lines).
 
 /// What kind of exit a record is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -21,8 +22,13 @@ pub enum ExitKind {
     Completion,
     /// An interrupt injected; `value` is the vector.
     Interrupt,
-    /// A forward-progress kick (host-timed).
+    /// A forward-progress kick that moved virtual time (host-timed); `rip`
+    /// is where the guest was, `value` the timer deadline virtual time
+    /// jumped to.
     Kick,
+    /// A spin wait found at a kick (deterministic): `rip` is the loop's
+    /// canonical state, `value` the deadline virtual time jumped to.
+    SpinWait,
 }
 
 /// One exit.
@@ -36,6 +42,9 @@ pub struct ExitRecord {
     pub value: u64,
     /// Virtual time when it happened.
     pub time_ns: u64,
+    /// The vCPU's RIP at the exit (the instruction that caused it, or the
+    /// next one for exits KVM reports after the instruction).
+    pub rip: u64,
 }
 
 impl std::fmt::Display for ExitRecord {
@@ -49,10 +58,23 @@ impl std::fmt::Display for ExitRecord {
             ExitKind::Hlt => "hlt".to_string(),
             ExitKind::Completion => format!("completion at {:#x}", self.addr),
             ExitKind::Interrupt => format!("interrupt vector {:#x}", self.value),
-            ExitKind::Kick => "kick (host-timed)".to_string(),
+            ExitKind::Kick => format!("kick (host-timed) to {} ns", self.value),
+            ExitKind::SpinWait => format!("spin wait, time to {} ns", self.value),
         };
-        write!(f, "{what} at {} ns", self.time_ns)
+        write!(f, "{what} at {} ns, rip {:#x}", self.time_ns, self.rip)
     }
+}
+
+/// Writes `trace` to `path` as JSON lines, one record per line:
+/// `{"kind":"pio_in","addr":1016,"value":96,"time_ns":138000,"rip":...}`.
+pub fn write_json_lines(path: &std::path::Path, trace: &[ExitRecord]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for r in trace {
+        serde_json::to_writer(&mut out, r)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()
 }
 
 /// Where two traces first differ: (index, left record, right record), either
@@ -78,6 +100,7 @@ mod tests {
             addr: 0x80,
             value,
             time_ns: 0,
+            rip: 0xffff_ffff_8100_0000,
         }
     }
 
@@ -91,5 +114,25 @@ mod tests {
         b.truncate(1);
         assert_eq!(first_difference(&a, &b), Some((1, Some(a[1]), None)));
         assert!(a[1].to_string().contains("port write 0x80 <- 0x2"));
+        assert!(a[1].to_string().ends_with("rip 0xffffffff81000000"));
+        b = a.clone();
+        b[0].rip += 1;
+        assert_eq!(first_difference(&a, &b).map(|d| d.0), Some(0));
+    }
+
+    #[test]
+    fn writes_json_lines() {
+        let dir = std::env::temp_dir().join(format!("lunavm-trace-{}", std::process::id()));
+        let a = vec![r(ExitKind::PioIn, 0x60), r(ExitKind::Kick, 5_000_000)];
+        write_json_lines(&dir, &a).unwrap();
+        let text = std::fs::read_to_string(&dir).unwrap();
+        let _ = std::fs::remove_file(&dir);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(
+            lines[0],
+            r#"{"kind":"pio_in","addr":128,"value":96,"time_ns":0,"rip":18446744071578845184}"#
+        );
+        assert!(lines[1].starts_with(r#"{"kind":"kick","#));
     }
 }

@@ -1,0 +1,94 @@
+//! The test-suite Linux kernel (scripts/linux, built and cached by
+//! `scripts/test`) boots the same way every time on the deterministic
+//! platform: `--repeat 2` up to the console line "Run /init as init process"
+//! sees the same exits (kind, port, value, virtual time, RIP) and the same
+//! serial output, with no host-timed kick. The final memory is not compared:
+//! Linux mixes the TSC (host time) into its random pool (README,
+//! "Determinism").
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::{lunavm_env, require_kvm};
+
+/// Where scripts/linux leaves the kernel and initramfs (as lunavm.linux finds them).
+fn linux_out() -> PathBuf {
+    if let Some(dir) = std::env::var_os("LUNAVM_LINUX_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    let cache = std::env::var_os("LUNAVM_CACHE")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/lunavm")
+        });
+    cache.join("linux/out")
+}
+
+/// linux.CMDLINE from scripts/lib/linux.lua: the test follows the default.
+fn default_cmdline() -> String {
+    let lib = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/lib/linux.lua");
+    let text = std::fs::read_to_string(lib).expect("scripts/lib/linux.lua is readable");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("linux.CMDLINE = \""))
+        .expect("linux.lua sets linux.CMDLINE");
+    line.trim_start_matches("linux.CMDLINE = \"")
+        .trim_end_matches('"')
+        .to_string()
+}
+
+#[test]
+fn the_linux_boot_repeats_exactly_to_run_init() {
+    require_kvm();
+    let out = linux_out();
+    let (kernel, initramfs) = (out.join("lunavm/bzImage"), out.join("initramfs-idle.cpio"));
+    assert!(
+        kernel.exists() && initramfs.exists(),
+        "{} or {} is missing: run scripts/linux/build-kernel.sh and scripts/linux/build-initramfs.sh (scripts/test does)",
+        kernel.display(),
+        initramfs.display()
+    );
+    let cmdline = default_cmdline();
+    assert!(cmdline.contains("clearcpuid=tsc"), "{cmdline}");
+    let run = lunavm_env(
+        &[
+            "run",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--module",
+            initramfs.to_str().unwrap(),
+            "--mem",
+            "256M",
+            "--cmdline",
+            &cmdline,
+            "--until-serial",
+            "Run /init as init process\r?\n",
+            "--repeat",
+            "2",
+            "--repeat-ignore-state",
+            "-q",
+        ],
+        &[],
+        Duration::from_secs(600),
+    );
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("lunavm: repeat: 2 runs identical"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.ends_with("kicks that moved virtual time: 0\n"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stdout.contains("Linux version 6.1"), "{}", run.stdout);
+    assert!(
+        run.stdout.trim_end().ends_with("Run /init as init process"),
+        "stopped at the marker: {}",
+        run.stdout
+    );
+}
