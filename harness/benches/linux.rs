@@ -29,7 +29,7 @@ use serde_json::json;
 type Error = Box<dyn std::error::Error>;
 
 /// lunavm's default Linux command line (scripts/lib/linux.lua's `linux.CMDLINE`).
-const CMDLINE: &str = "console=ttyS0 nolapic noapic tsc=unstable panic=-1";
+const CMDLINE: &str = "console=ttyS0 nolapic noapic clearcpuid=tsc lpj=10000 panic=-1";
 const MARKER: &str = "Run /init as init process";
 
 fn repo() -> PathBuf {
@@ -42,7 +42,9 @@ fn repo() -> PathBuf {
 fn linux_dir() -> PathBuf {
     let cache = std::env::var_os("LUNAVM_CACHE")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/lunavm"));
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/lunavm")
+        });
     cache.join("linux/out")
 }
 
@@ -70,7 +72,11 @@ fn boot(kernel: &[u8], initrd: &[u8]) -> Result<(Machine, f64, f64), Error> {
         ..StopCondition::default()
     })?;
     if !matches!(stop, StopReason::SerialMatch { .. }) {
-        return Err(format!("the kernel stopped before \"{MARKER}\": {}", stop.describe()).into());
+        return Err(format!(
+            "the kernel stopped before \"{MARKER}\": {}",
+            stop.describe()
+        )
+        .into());
     }
     let wall = t.elapsed().as_secs_f64();
     let virt = m.clock().now_ns() as f64 / 1e9;
@@ -80,12 +86,17 @@ fn boot(kernel: &[u8], initrd: &[u8]) -> Result<(Machine, f64, f64), Error> {
 /// QEMU's wall seconds to the marker with `accel`, or None when it failed.
 fn qemu(accel: &str) -> Option<f64> {
     let out = Command::new(repo().join("scripts/linux/qemu-boot.sh"))
-        .args(["--accel", accel, "--tail", "0"])
+        .args(["--accel", accel, "--tail", "0", "--append", CMDLINE])
         .output()
         .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text.lines().find(|l| l.contains("\" after "))?;
-    line.split(" after ").nth(1)?.split('s').next()?.parse().ok()
+    line.split(" after ")
+        .nth(1)?
+        .split('s')
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn main() -> Result<(), Error> {
@@ -95,10 +106,18 @@ fn main() -> Result<(), Error> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(if quick { 1 } else { 3 });
     let dir = linux_dir();
-    let kernel = std::fs::read(dir.join("lunavm/bzImage"))
-        .map_err(|e| format!("{}: {e} (build it with scripts/linux/build-kernel.sh)", dir.display()))?;
-    let initrd = std::fs::read(dir.join("initramfs-idle.cpio"))
-        .map_err(|e| format!("{}: {e} (build it with scripts/linux/build-initramfs.sh)", dir.display()))?;
+    let kernel = std::fs::read(dir.join("lunavm/bzImage")).map_err(|e| {
+        format!(
+            "{}: {e} (build it with scripts/linux/build-kernel.sh)",
+            dir.display()
+        )
+    })?;
+    let initrd = std::fs::read(dir.join("initramfs-idle.cpio")).map_err(|e| {
+        format!(
+            "{}: {e} (build it with scripts/linux/build-initramfs.sh)",
+            dir.display()
+        )
+    })?;
 
     let (mut walls, mut virts, mut restores) = (Vec::new(), Vec::new(), Vec::new());
     let snap_file = repo().join("target/bench-linux-booted.snap");
@@ -135,7 +154,13 @@ fn main() -> Result<(), Error> {
         table.row("QEMU KVM, wall time", &Stats::of(&kvm), "s", 1.0, 2);
     }
     table.section("a scenario from the booted snapshot against a fresh boot");
-    table.row("restore from the file + 200 ms of virtual time", &sr, "s", 1.0, 2);
+    table.row(
+        "restore from the file + 200 ms of virtual time",
+        &sr,
+        "s",
+        1.0,
+        2,
+    );
     table.print();
     let ratio = sw.median / sr.median;
     println!("\nfresh boot / scenario from the snapshot: {ratio:.0}x");
@@ -145,6 +170,9 @@ fn main() -> Result<(), Error> {
         "qemu_tcg_wall": Stats::of(&tcg).json("s"), "qemu_kvm_wall": Stats::of(&kvm).json("s"),
         "snapshot_scenario": sr.json("s"), "ratio": ratio,
     });
-    std::fs::write(repo().join("target/bench-linux.json"), serde_json::to_vec_pretty(&out)?)?;
+    std::fs::write(
+        repo().join("target/bench-linux.json"),
+        serde_json::to_vec_pretty(&out)?,
+    )?;
     Ok(())
 }
