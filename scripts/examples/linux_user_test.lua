@@ -8,7 +8,17 @@ local linux = require("lunavm.linux")
 budget = { time = "60s", wall = "600s" }
 
 function setup_once()
-  linux.boot_shell{ timeout = "40s" }
+  -- The root-disk image (ext2, /init) as a virtio disk the shell mounts.
+  linux.boot_shell{ timeout = "40s", disks = { linux.rootfs() } }
+end
+
+function test_a_file_on_a_virtio_disk()
+  local out = linux.shell_check("mkdir -p /tmp/d && mount -t ext2 -o ro /dev/vda /tmp/d && ls /tmp/d")
+  t.match(out, "init", "the disk's /init through the mount")
+  out = linux.shell_check("grep vda /proc/mounts")
+  t.match(out, "^/dev/vda /tmp/d ext2 ro", "/proc/mounts")
+  out = linux.shell_check("wc -c < /tmp/d/init")
+  t.ok(tonumber(out) and tonumber(out) > 0, "/init has bytes: " .. out)
 end
 
 function test_proc_cmdline_is_the_boot_command_line()
