@@ -4,12 +4,29 @@
 -- and runs commands through lunavm.linux's shell helpers. On software-nested
 -- KVM this needs lunavm's SYSCALL compatibility path (auto-detected).
 local linux = require("lunavm.linux")
+local net = require("lunavm.net")
 
 budget = { time = "60s", wall = "600s" }
 
 function setup_once()
   -- The root-disk image (ext2, /init) as a virtio disk the shell mounts.
-  linux.boot_shell{ timeout = "40s", disks = { linux.rootfs() } }
+  -- and a virtio-net card the kernel configures itself (ip=).
+  local n = linux.NET
+  linux.boot_shell{
+    timeout = "40s", disks = { linux.rootfs() }, net = true,
+    cmdline = string.format("ip=%s::%s:%s::eth0:off", n.guest, n.host, n.mask),
+  }
+end
+
+function test_a_ping_from_the_shell_gets_lua_s_reply()
+  local host = { mac = net.mac("52:54:00:12:34:56"), ip = net.ip(linux.NET.host) }
+  local fn, answered = net.responder(host)
+  hook.virtio{ dev = "net", fn = fn }
+  local out, status = linux.shell_run("ping -c 1 -W 5 " .. linux.NET.host, { timeout = "10s" })
+  t.eq(status, 0, "ping's exit status: " .. out)
+  t.match(out, "1 packets transmitted, 1 packets received")
+  t.eq(answered.arp, 1, "the guest asked for the host's MAC once")
+  t.eq(answered.echo, 1, "one echo request answered")
 end
 
 function test_a_file_on_a_virtio_disk()

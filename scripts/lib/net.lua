@@ -171,6 +171,42 @@ local function nanoseconds(d)
   return tonumber(n) * scale
 end
 
+--- A host at `host = {mac=MAC, ip=IP}` that answers the guest while it runs:
+--- ARP requests for its IP and ICMP echo requests to it. Returns a function
+--- for `hook.virtio{dev=..., fn=...}` (it drains the device's transmitted
+--- frames; other frames are dropped) and a table counting what it answered:
+--- `{arp=N, echo=N}`.
+function net.responder(host, dev)
+  dev = dev or "net"
+  local answered = { arp = 0, echo = 0 }
+  local function fn()
+    local frame = virtio.recv(dev)
+    while frame do
+      local p = net.parse(frame)
+      if p.arp and p.arp.op == net.ARP_REQUEST and p.arp.tpa == host.ip then
+        virtio.send(dev, net.ethernet{
+          dst = p.arp.sha, src = host.mac, type = net.ETH_ARP,
+          payload = net.arp{ op = net.ARP_REPLY, sha = host.mac, spa = host.ip, tha = p.arp.sha, tpa = p.arp.spa },
+        })
+        answered.arp = answered.arp + 1
+      elseif p.ip and p.icmp and p.ip.dst == host.ip and p.icmp.type == net.ICMP_ECHO_REQUEST then
+        virtio.send(dev, net.ethernet{
+          dst = p.eth.src, src = host.mac, type = net.ETH_IPV4,
+          payload = net.ipv4{
+            src = host.ip, dst = p.ip.src, proto = net.IP_ICMP, id = p.ip.id,
+            payload = net.icmp_echo{
+              type = net.ICMP_ECHO_REPLY, id = p.icmp.id, seq = p.icmp.seq, payload = p.icmp.payload,
+            },
+          },
+        })
+        answered.echo = answered.echo + 1
+      end
+      frame = virtio.recv(dev)
+    end
+  end
+  return fn, answered
+end
+
 --- Runs the guest until it sends a frame for which `match(frame, parsed)`
 --- (parsed = net.parse(frame)) is true, within `opts.timeout` of virtual time
 --- (default "1s"); returns that frame, its parse and the frames skipped before

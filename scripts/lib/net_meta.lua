@@ -92,6 +92,15 @@ function net.ping_frame(p) end
 ---@return table
 function net.parse(frame) end
 
+---A host that answers the guest's ARP requests for its IP and ICMP echo
+---requests to it: a function for `hook.virtio{dev=, fn=}` (it drains the
+---device's transmitted frames) and the counts of what it answered.
+---@param host {mac: string, ip: string}
+---@param dev? lunavm.VirtioDev Default "net".
+---@return fun(ev: table) fn
+---@return {arp: integer, echo: integer} answered
+function net.responder(host, dev) end
+
 ---Runs the guest until it sends a frame `match` accepts; returns it, its
 ---parse and the frames skipped. `opts.arp = {mac=, ip=}` answers ARP requests
 ---for that IP on the way.
