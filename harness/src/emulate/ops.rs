@@ -5,7 +5,10 @@ use kvm_bindings::kvm_regs;
 
 use super::{CompletionError, Context, Entry};
 use crate::entropy::Entropy;
-use crate::vm::{access, paging, regs::paging_regs};
+use crate::vm::regs::{
+    paging_regs, RFLAGS_AC, RFLAGS_AF, RFLAGS_CF, RFLAGS_OF, RFLAGS_PF, RFLAGS_SF, RFLAGS_ZF,
+};
+use crate::vm::{access, paging};
 
 /// Vector of #UD.
 const UD: u8 = 6;
@@ -20,13 +23,6 @@ const MF: u8 = 16;
 /// Vector of #BP.
 const BP: u8 = 3;
 
-const RFLAGS_CF: u64 = 1 << 0;
-const RFLAGS_PF: u64 = 1 << 2;
-const RFLAGS_AF: u64 = 1 << 4;
-const RFLAGS_ZF: u64 = 1 << 6;
-const RFLAGS_SF: u64 = 1 << 7;
-const RFLAGS_OF: u64 = 1 << 11;
-const RFLAGS_AC: u64 = 1 << 18;
 const CR0_MP: u64 = 1 << 1;
 const CR0_TS: u64 = 1 << 3;
 const CR0_NE: u64 = 1 << 5;

@@ -18,7 +18,7 @@
 mod cmp;
 mod decode;
 
-pub use cmp::{CmpKind, CmpSite, MemOperand, Operand, OperandSource};
+pub use cmp::{mask, CmpKind, CmpSite, MemOperand, Operand, OperandSource};
 
 use object::{Architecture, Object, ObjectSection, ObjectSymbol, SectionKind, SymbolKind};
 

@@ -24,11 +24,14 @@ use iced_x86::{Decoder, DecoderOptions, Register};
 use kvm_bindings::{kvm_regs, kvm_sregs};
 
 use super::{Machine, MachineError, StopReason};
-use crate::fuzz::elfmap::{CmpKind, CmpSite, OperandSource};
+use crate::fuzz::elfmap::{mask as width_mask, CmpKind, CmpSite, OperandSource};
 use crate::machine::swbp::INT3;
 use crate::vm::access;
 use crate::vm::memory;
-use crate::vm::regs::{code_bitness, linear_rip, paging_regs, register_value};
+use crate::vm::regs::{
+    code_bitness, linear_rip, paging_regs, register_value, RFLAGS_AF, RFLAGS_CF, RFLAGS_OF,
+    RFLAGS_PF, RFLAGS_SF, RFLAGS_ZF,
+};
 
 /// What a fuzzing breakpoint does when hit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -342,46 +345,31 @@ impl OperandSource for VcpuOperands<'_> {
     }
 }
 
-/// All-ones in the low `size` bytes.
-fn width_mask(size: u8) -> u64 {
-    if size >= 8 {
-        u64::MAX
-    } else {
-        (1u64 << (u32::from(size) * 8)) - 1
-    }
-}
-
 /// RFLAGS after `cmp a, b` of `size` bytes: CF, PF, AF, ZF, SF and OF as
 /// the CPU sets them (a - b), every other bit kept.
 pub fn cmp_flags(rflags: u64, a: u64, b: u64, size: u8) -> u64 {
-    const CF: u64 = 1;
-    const PF: u64 = 1 << 2;
-    const AF: u64 = 1 << 4;
-    const ZF: u64 = 1 << 6;
-    const SF: u64 = 1 << 7;
-    const OF: u64 = 1 << 11;
     let mask = width_mask(size);
     let sign = 1u64 << (u32::from(size) * 8 - 1);
     let (a, b) = (a & mask, b & mask);
     let r = a.wrapping_sub(b) & mask;
-    let mut f = rflags & !(CF | PF | AF | ZF | SF | OF);
+    let mut f = rflags & !(RFLAGS_CF | RFLAGS_PF | RFLAGS_AF | RFLAGS_ZF | RFLAGS_SF | RFLAGS_OF);
     if a < b {
-        f |= CF;
+        f |= RFLAGS_CF;
     }
     if (r & 0xff).count_ones() % 2 == 0 {
-        f |= PF;
+        f |= RFLAGS_PF;
     }
     if (a ^ b ^ r) & 0x10 != 0 {
-        f |= AF;
+        f |= RFLAGS_AF;
     }
     if r == 0 {
-        f |= ZF;
+        f |= RFLAGS_ZF;
     }
     if r & sign != 0 {
-        f |= SF;
+        f |= RFLAGS_SF;
     }
     if (a ^ b) & (a ^ r) & sign != 0 {
-        f |= OF;
+        f |= RFLAGS_OF;
     }
     f
 }

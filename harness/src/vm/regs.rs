@@ -224,6 +224,21 @@ impl std::fmt::Display for RegisterDump {
     }
 }
 
+/// RFLAGS.CF.
+pub const RFLAGS_CF: u64 = 1 << 0;
+/// RFLAGS.PF.
+pub const RFLAGS_PF: u64 = 1 << 2;
+/// RFLAGS.AF.
+pub const RFLAGS_AF: u64 = 1 << 4;
+/// RFLAGS.ZF.
+pub const RFLAGS_ZF: u64 = 1 << 6;
+/// RFLAGS.SF.
+pub const RFLAGS_SF: u64 = 1 << 7;
+/// RFLAGS.OF.
+pub const RFLAGS_OF: u64 = 1 << 11;
+/// RFLAGS.AC.
+pub const RFLAGS_AC: u64 = 1 << 18;
+
 /// The value of `reg` as an instruction reads it: a general-purpose
 /// register or a narrow view of one (`eax`, `r8w`, `ah`...), RIP, or a
 /// segment register's base.

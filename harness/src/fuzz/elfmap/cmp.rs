@@ -86,7 +86,7 @@ pub trait OperandSource {
 }
 
 /// All-ones in the low `width` bytes.
-fn mask(width: u8) -> u64 {
+pub fn mask(width: u8) -> u64 {
     match width {
         8.. => u64::MAX,
         w => (1u64 << (u32::from(w) * 8)) - 1,
