@@ -541,6 +541,21 @@ impl Machine {
         devices::bus::lock(&self.serial).output().to_vec()
     }
 
+    /// The serial output from byte `start` on (empty past its end), without
+    /// copying what comes before.
+    pub fn serial_output_since(&self, start: usize) -> Vec<u8> {
+        devices::bus::lock(&self.serial)
+            .output()
+            .get(start..)
+            .unwrap_or(&[])
+            .to_vec()
+    }
+
+    /// How many bytes the guest has written to the serial port.
+    pub fn serial_len(&self) -> usize {
+        devices::bus::lock(&self.serial).output().len()
+    }
+
     /// Queues bytes for the guest to read from the serial port.
     pub fn serial_input(&self, bytes: &[u8]) {
         devices::bus::lock(&self.serial).feed(bytes);

@@ -412,11 +412,7 @@ impl Engine {
             let m = g.machine()?;
             // Feedback of the setup and of the previous input is not this one's.
             m.drain_fuzz_feedback();
-            (
-                m.serial_output().len(),
-                m.clock().now_ns(),
-                m.clock().guest_exits(),
-            )
+            (m.serial_len(), m.clock().now_ns(), m.clock().guest_exits())
         };
         let data = lua.create_string(input)?;
         let injected = self.inject.call::<()>((data, self.ctx.clone()));
@@ -442,11 +438,7 @@ impl Engine {
         };
         let mut g = st.borrow_mut();
         let m = g.machine()?;
-        let serial = m
-            .serial_output()
-            .get(serial_start..)
-            .unwrap_or(&[])
-            .to_vec();
+        let serial = m.serial_output_since(serial_start);
         let exits = m.clock().guest_exits() - e0;
         let vtime_ns = m.clock().now_ns() - t0;
         let (hits, removed, cmps) = m.drain_fuzz_feedback();
