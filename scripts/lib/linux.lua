@@ -38,6 +38,37 @@ function linux.files(kind)
   return files
 end
 
+--- Debian's stock cloud kernel as scripts/linux/fetch-cloud-kernel.sh left
+--- it (the version it fetched last): {bzimage, system_map, initramfs,
+--- version}. Its initramfs is the busybox shell one, loading virtio_mmio and
+--- virtio_blk from the kernel package before the shell starts. Errors,
+--- naming the script, when it has not been run. Pass it to linux.boot or
+--- linux.boot_shell as `files`.
+function linux.cloud_files()
+  local index = linux.out_dir() .. "/cloud/current"
+  local f = io.open(index, "r")
+  if not f then
+    error("Debian's cloud kernel is missing (" .. index .. "): run scripts/linux/fetch-cloud-kernel.sh first", 2)
+  end
+  local info = {}
+  for line in f:lines() do
+    local k, v = line:match("^([%w_]+)=(.*)$")
+    if k then info[k] = v end
+  end
+  f:close()
+  local files = {
+    bzimage = info.kernel, system_map = info.system_map,
+    initramfs = info.initramfs, version = info.version,
+  }
+  for _, key in ipairs({ "bzimage", "system_map", "initramfs" }) do
+    if not files[key] or not exists(files[key]) then
+      error("Debian's cloud kernel is incomplete (" .. tostring(files[key]) .. " from " .. index
+        .. "): run scripts/linux/fetch-cloud-kernel.sh again", 2)
+    end
+  end
+  return files
+end
+
 --- The command line of the deterministic platform: serial console, PIC and
 --- PIT only, the TSC hidden from the kernel (`clearcpuid=tsc`: no TSC
 --- calibration against the PIT, jiffies for sched_clock and the clocksource)
@@ -50,18 +81,20 @@ linux.CMDLINE = "console=ttyS0 nolapic noapic clearcpuid=tsc lpj=10000 panic=-1"
 
 --- Boots the test-suite kernel with the idle initramfs and runs it until
 --- "Run /init" appears (virtual-time `timeout`, default "30s"). `opts` adds
---- to vm.boot's options (cmdline is appended to linux.CMDLINE). Returns the
---- serial output up to that point.
+--- to vm.boot's options (cmdline is appended to linux.CMDLINE);
+--- `opts.initramfs` names another initramfs of the test kernel ("shell"),
+--- `opts.files` another kernel altogether ({bzimage, initramfs}, e.g.
+--- linux.cloud_files()). Returns the serial output up to that point.
 function linux.boot(opts)
   opts = opts or {}
-  local f = linux.files(opts.initramfs)
+  local f = opts.files or linux.files(opts.initramfs)
   local boot = {}
   for k, v in pairs(opts) do boot[k] = v end
   boot.kernel = f.bzimage
   boot.modules = { f.initramfs }
   boot.mem = opts.mem or "256M"
   boot.cmdline = linux.CMDLINE .. (opts.cmdline and (" " .. opts.cmdline) or "")
-  boot.initramfs, boot.timeout = nil, nil
+  boot.initramfs, boot.timeout, boot.files = nil, nil, nil
   vm.boot(boot)
   serial.expect("Run /init as init process\r?\n", opts.timeout or "30s")
   return serial.output()
@@ -280,7 +313,8 @@ end
 local shell_seq = 0
 
 --- Boots the test-suite kernel with the shell initramfs (`opts` as for
---- linux.boot; `opts.initramfs` defaults to "shell") and waits until the
+--- linux.boot; `opts.initramfs` defaults to "shell", `opts.files` boots
+--- another kernel and its shell initramfs) and waits until the
 --- shell runs commands (linux.shell_wait). Returns the serial output so far.
 function linux.boot_shell(opts)
   opts = opts or {}

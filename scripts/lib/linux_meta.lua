@@ -17,8 +17,14 @@ function linux.out_dir() end
 ---@return {bzimage: string, vmlinux: string, system_map: string, initramfs: string}
 function linux.files(kind) end
 
----Boots the test-suite kernel to "Run /init"; returns the serial output.
----@param opts? table vm.boot options, plus `initramfs` ("idle"/"shell") and `timeout`.
+---Debian's stock cloud kernel as scripts/linux/fetch-cloud-kernel.sh left it,
+---with the shell initramfs that loads virtio_mmio and virtio_blk; errors when
+---the script has not been run.
+---@return {bzimage: string, system_map: string, initramfs: string, version: string}
+function linux.cloud_files() end
+
+---Boots the test-suite kernel (or `opts.files`'s) to "Run /init"; returns the serial output.
+---@param opts? table vm.boot options, plus `initramfs` ("idle"/"shell"), `files` ({bzimage, initramfs}) and `timeout`.
 ---@return string
 function linux.boot(opts) end
 

@@ -1,25 +1,29 @@
 #!/usr/bin/env bash
 # Build an uncompressed newc initramfs for lunavm's Linux guests.
 #
-#   scripts/linux/build-initramfs.sh [--kind idle|shell] [--init FILE] [OUTFILE]
+#   scripts/linux/build-initramfs.sh [--kind idle|shell] [--init FILE] [--modules DIR] [OUTFILE]
 #
 # idle (default): /init is idle-init.c built with gcc -static -nostdlib; it makes no
 #                 system call (kernel-mode scenarios need no guest user mode).
 # shell:          busybox-static with every applet linked, /init = shell-init.sh
 #                 (mounts proc/sys/devtmpfs/tmp, runs a shell on ttyS0).
 # --init FILE replaces /init with FILE (a static program, or a script for shell).
+# --modules DIR (shell): DIR's *.ko go to /lib/modules, and the shell's /init
+#                 loads those named in DIR/load-order, in that order, first.
 # Deterministic (mkcpio.py: sorted, mtime 0, uid 0) and cached: a run whose inputs
 # hash to the key of the existing OUTFILE does nothing. Prints `initramfs=PATH`.
 set -euo pipefail
 
 usage() {
     cat <<'USAGE'
-Usage: build-initramfs.sh [--kind idle|shell] [--init FILE] [OUTFILE]
+Usage: build-initramfs.sh [--kind idle|shell] [--init FILE] [--modules DIR] [OUTFILE]
 
   --kind idle   /init is a static no-libc program that makes no system call (default)
   --kind shell  busybox-static; /init mounts proc, sysfs, devtmpfs, tmpfs and runs
                 a shell on the console
   --init FILE   use FILE as /init instead
+  --modules DIR (shell) put DIR's *.ko in /lib/modules; /init loads the modules
+                named in DIR/load-order (one per line) in that order
   OUTFILE       default: $LUNAVM_CACHE/linux/out/initramfs-KIND.cpio
 
 Environment: LUNAVM_CACHE (default ~/.cache/lunavm; the Linux files live in its linux/ folder).
@@ -31,6 +35,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cache=${LUNAVM_CACHE:-$HOME/.cache/lunavm}/linux
 kind=idle
 init=
+modules=
 out=
 
 while [ $# -gt 0 ]; do
@@ -39,6 +44,8 @@ while [ $# -gt 0 ]; do
         --kind=*) kind=${1#--kind=} ;;
         --init) init=${2:?--init needs a file}; shift ;;
         --init=*) init=${1#--init=} ;;
+        --modules) modules=${2:?--modules needs a directory}; shift ;;
+        --modules=*) modules=${1#--modules=} ;;
         -h|--help) usage; exit 0 ;;
         -*) echo "build-initramfs.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
         *)
@@ -57,6 +64,12 @@ case $kind in idle|shell) ;; *) die "unknown kind '$kind' (idle or shell)" ;; es
 if [ -n "$init" ]; then
     [ -r "$init" ] || die "cannot read the /init file $init"
     init=$(cd "$(dirname "$init")" && pwd)/$(basename "$init")
+fi
+if [ -n "$modules" ]; then
+    [ "$kind" = shell ] || die "--modules needs --kind shell (its /init loads them)"
+    [ -r "$modules/load-order" ] || die "no load-order file in $modules"
+    modules=$(cd "$modules" && pwd)
+    [ -n "$out" ] || die "--modules needs an OUTFILE (the default name is the plain shell initramfs)"
 fi
 [ -n "$out" ] || out=$cache/out/initramfs-$kind.cpio
 mkdir -p "$(dirname "$out")"
@@ -96,6 +109,9 @@ key=$( {
     fi
     if [ "$kind" = shell ]; then
         echo "busybox=$(dpkg-query -W -f='${Version}' busybox-static)"
+    fi
+    if [ -n "$modules" ]; then
+        (cd "$modules" && sha256sum load-order ./*.ko)
     fi
 } | sha256sum | cut -c1-16)
 
@@ -149,6 +165,16 @@ if [ "$kind" = shell ]; then
             echo "slink /$applet 0777 /bin/busybox"
         done | sort -u
     } >>"$spec"
+fi
+
+if [ -n "$modules" ]; then
+    echo "dir /lib 0755" >>"$spec"
+    echo "dir /lib/modules 0755" >>"$spec"
+    echo "file /lib/modules/load-order 0644 $modules/load-order" >>"$spec"
+    while IFS= read -r m; do
+        [ -r "$modules/$m.ko" ] || die "load-order names $m but $modules/$m.ko is missing"
+        echo "file /lib/modules/$m.ko 0644 $modules/$m.ko" >>"$spec"
+    done <"$modules/load-order"
 fi
 
 python3 "$here/mkcpio.py" "$spec" "$work/initramfs.cpio"
