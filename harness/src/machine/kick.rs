@@ -6,7 +6,7 @@
 //! hole: counted, reported, and an error under `--strict`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Once};
+use std::sync::{Arc, Mutex, Once};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -39,8 +39,12 @@ struct Shared {
     /// The watchdog should end.
     stop: AtomicBool,
     /// Kicks wait (up to [`HOLD_LIMIT`] intervals): an interrupt is pending
-    /// and KVM was asked for an exit when the guest can take it.
-    hold: AtomicBool,
+    /// and KVM was asked for an exit when the guest can take it. A mutex,
+    /// not an atomic: the watchdog decides and signals under it, so a kick
+    /// decided before the run loop set the hold cannot land in the held run
+    /// (it lands before, where it is harmless, or makes that KVM_RUN return
+    /// before the guest runs an instruction).
+    hold: Mutex<bool>,
 }
 
 /// The watchdog.
@@ -91,7 +95,7 @@ impl Kicker {
     /// interrupt is injected instead. The watchdog still kicks after about
     /// 10 s (a guest spinning with interrupts off).
     pub fn hold(&self, hold: bool) {
-        self.shared.hold.store(hold, Ordering::Relaxed);
+        *self.shared.hold.lock().unwrap_or_else(|e| e.into_inner()) = hold;
     }
 }
 
@@ -122,7 +126,12 @@ fn watchdog(s: &Shared) {
         idle += step;
         if idle >= KICK_INTERVAL {
             idle = Duration::ZERO;
-            if s.hold.load(Ordering::Relaxed) && held < HOLD_LIMIT {
+            // Decide and signal under the hold lock (see `Shared::hold`).
+            let hold = s.hold.lock().unwrap_or_else(|e| e.into_inner());
+            if s.progress.load(Ordering::Relaxed) != last {
+                continue; // An exit came meanwhile.
+            }
+            if *hold && held < HOLD_LIMIT {
                 held += 1;
                 continue;
             }

@@ -14,10 +14,16 @@
 //! time to the next timer deadline: the interrupt arrives at the same state
 //! in every run, and the spin wait is deterministic.
 //!
-//! Probes run only in kernel mode (CPL0): on software-nested KVM a single
-//! step of user-mode code raises #DB in the guest instead of exiting (Linux
-//! then kills the process with SIGTRAP), so a kick that finds the guest in
-//! user mode moves virtual time at once, host-timed, as before.
+//! Probes single-step only in kernel mode (CPL0): on software-nested KVM a
+//! single step of user-mode code raises #DB in the guest instead of exiting
+//! (Linux then kills the process with SIGTRAP). In user mode lunavm reads
+//! the loop instead ([`static_cycle`]): when the code from RIP is a cycle of
+//! at most [`MAX_STATIC`] instructions that change nothing but RIP (`pause`,
+//! `nop`, unconditional relative `jmp`: an idle `for (;;) pause();`), every
+//! iteration is the same state; lunavm moves RIP to the cycle's lowest
+//! address and virtual time to the deadline, a spin wait like the kernel's.
+//! Any other user-mode code at a kick moves virtual time at once,
+//! host-timed, as before.
 //!
 //! A kick that finds no such loop changes nothing (the guest is computing).
 //! Only when [`FALLBACK_KICKS`] kicks in a row found no guest-caused exit and
@@ -25,7 +31,9 @@
 //! virtual time jump where the guest happens to be: the old host-timed kick,
 //! counted as a determinism hole.
 
-use iced_x86::{Decoder, DecoderOptions, InstructionInfoFactory, OpAccess};
+use iced_x86::{
+    Decoder, DecoderOptions, Instruction, InstructionInfoFactory, Mnemonic, OpAccess, OpKind,
+};
 use kvm_bindings::{kvm_regs, kvm_sregs, KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP};
 
 use super::trace::ExitKind;
@@ -35,6 +43,9 @@ use crate::vm::regs::{code_bitness, paging_regs};
 
 /// Most single steps a probe takes looking for a cycle.
 pub const MAX_STEPS: usize = 64;
+
+/// Most instructions of a user-mode loop [`static_cycle`] follows.
+pub const MAX_STATIC: usize = 16;
 
 /// Kicks in a row without a guest-caused exit (about this many times 20 ms
 /// of host time) after which virtual time jumps even though no spin wait was
@@ -197,8 +208,21 @@ impl Machine {
         let sregs = self.sregs()?;
         if sregs.cs.selector & 3 != 0 {
             // User mode: single steps there reach the guest as #DB on some
-            // hosts (software-nested KVM), so no probe; the host-timed jump.
+            // hosts (software-nested KVM), so no probe; a loop that changes
+            // nothing is recognised from its code, anything else gets the
+            // host-timed jump.
             self.kicks_in_a_row = 0;
+            if self.can_probe() {
+                let mut regs = self.regs()?;
+                if let Some(head) = self.user_spin_head(&sregs, regs.rip) {
+                    if head != regs.rip {
+                        regs.rip = head;
+                        self.set_regs(&regs)?;
+                    }
+                    self.spin_wait_found(head);
+                    return Ok(None);
+                }
+            }
             return Ok(Some(deadline));
         }
         if self.can_probe() {
@@ -289,6 +313,22 @@ impl Machine {
         self.clock.advance(target - now);
     }
 
+    /// The lowest address of the side-effect-free loop the user-mode code
+    /// at `rip` is in ([`static_cycle`]), reading the code through the
+    /// guest's page tables.
+    fn user_spin_head(&self, sregs: &kvm_sregs, rip: u64) -> Option<u64> {
+        let pregs = paging_regs(sregs);
+        let bitness = code_bitness(sregs);
+        let cs_base = if bitness == 64 { 0 } else { sregs.cs.base };
+        static_cycle(rip, |ip| {
+            let mut buf = [0u8; 15];
+            let n =
+                access::read_virt_prefix(&self.vm.mem, &pregs, ip.wrapping_add(cs_base), &mut buf);
+            let insn = Decoder::with_ip(bitness, &buf[..n], ip, DecoderOptions::NONE).decode();
+            (n > 0 && !insn.is_invalid()).then_some(insn)
+        })
+    }
+
     /// Whether an instruction at one of `cycle`'s states writes memory (or
     /// cannot be read or decoded: then it counts as writing).
     fn cycle_writes_memory(&self, cycle: &[State], sregs: &kvm_sregs) -> bool {
@@ -322,6 +362,45 @@ impl Machine {
             })
         })
     }
+}
+
+/// Whether `insn` changes nothing but RIP: `pause`, a `nop` (any form) or
+/// an unconditional near relative `jmp`.
+fn changes_only_rip(insn: &Instruction) -> bool {
+    match insn.mnemonic() {
+        Mnemonic::Pause | Mnemonic::Nop => true,
+        Mnemonic::Jmp => matches!(
+            insn.op0_kind(),
+            OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64
+        ),
+        _ => false,
+    }
+}
+
+/// Follows the code from `rip` (`decode` gives the instruction at an
+/// address, None when it cannot be read) for at most [`MAX_STATIC`]
+/// instructions: when it comes back to `rip` through instructions that
+/// change nothing but RIP, the loop is a fixed point of the machine, and the
+/// result is its lowest address (the canonical state). None otherwise.
+pub fn static_cycle(rip: u64, mut decode: impl FnMut(u64) -> Option<Instruction>) -> Option<u64> {
+    let mut ip = rip;
+    let mut head = rip;
+    for _ in 0..MAX_STATIC {
+        let insn = decode(ip)?;
+        if !changes_only_rip(&insn) {
+            return None;
+        }
+        ip = if insn.mnemonic() == Mnemonic::Jmp {
+            insn.near_branch_target()
+        } else {
+            insn.next_ip()
+        };
+        if ip == rip {
+            return Some(head);
+        }
+        head = head.min(ip);
+    }
+    None
 }
 
 #[cfg(test)]
@@ -371,6 +450,52 @@ mod tests {
         let mut p = Probe::new(st(0x1000, 0));
         assert_eq!(p.step(st(0x1003, 0), |_| false), Verdict::Continue);
         assert_eq!(p.step(st(0x1000, 0), |_| true), Verdict::NotSpin);
+    }
+
+    /// Decodes 64-bit `code` placed at `base`.
+    fn decoder(base: u64, code: &[u8]) -> impl FnMut(u64) -> Option<Instruction> + '_ {
+        move |ip| {
+            let off = usize::try_from(ip.checked_sub(base)?).ok()?;
+            let bytes = code.get(off..)?;
+            let insn = Decoder::with_ip(64, bytes, ip, DecoderOptions::NONE).decode();
+            (!bytes.is_empty() && !insn.is_invalid()).then_some(insn)
+        }
+    }
+
+    #[test]
+    fn an_idle_pause_loop_is_a_user_mode_spin_at_its_lowest_address() {
+        // 0x400000: pause (f3 90); jmp 0x400000 (eb fc).
+        let code = [0xf3, 0x90, 0xeb, 0xfc];
+        assert_eq!(
+            static_cycle(0x400002, decoder(0x400000, &code)),
+            Some(0x400000)
+        );
+        assert_eq!(
+            static_cycle(0x400000, decoder(0x400000, &code)),
+            Some(0x400000)
+        );
+        // jmp $ (eb fe), and a loop through a long jmp back with nops.
+        assert_eq!(
+            static_cycle(0x1000, decoder(0x1000, &[0xeb, 0xfe])),
+            Some(0x1000)
+        );
+        let long = [0x90, 0x0f, 0x1f, 0x00, 0xe9, 0xf7, 0xff, 0xff, 0xff];
+        assert_eq!(static_cycle(0x1004, decoder(0x1000, &long)), Some(0x1000));
+    }
+
+    #[test]
+    fn loops_that_compute_or_leave_are_not_user_mode_spins() {
+        // inc eax; jmp back: the state changes every iteration.
+        let inc = [0xff, 0xc0, 0xeb, 0xfc];
+        assert_eq!(static_cycle(0x1000, decoder(0x1000, &inc)), None);
+        // pause; jne back: a conditional branch (it reads a flag) is not followed.
+        let jne = [0xf3, 0x90, 0x75, 0xfc];
+        assert_eq!(static_cycle(0x1000, decoder(0x1000, &jne)), None);
+        // A straight line of nops that never comes back, and unreadable code.
+        assert_eq!(static_cycle(0x1000, decoder(0x1000, &[0x90; 40])), None);
+        assert_eq!(static_cycle(0x2000, decoder(0x1000, &[0x90])), None);
+        // jmp [rax]: indirect.
+        assert_eq!(static_cycle(0x1000, decoder(0x1000, &[0xff, 0x20])), None);
     }
 
     #[test]
