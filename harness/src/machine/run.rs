@@ -59,6 +59,8 @@ enum Pending {
 
 /// The #BP exception vector, as KVM reports it in a debug exit.
 const BP_VECTOR: u32 = 3;
+/// The #DB exception vector, as KVM reports it in a debug exit.
+const DB_VECTOR: u32 = 1;
 /// The #BP exception vector, for injection.
 const BP_VECTOR_U8: u8 = 3;
 
@@ -395,10 +397,13 @@ impl Machine {
             self.fill_trace_rips(traced);
             // Data breakpoints (a trap: the instruction has completed); a
             // single step's own exit may carry one too.
+            // KVM fills DR6 for #DB exits only (a #BP exit carries a stale one).
             let pending = match pending {
-                Pending::Debug { pc, dr6, .. } if self.data_breakpoint_hit(dr6)? => {
-                    Pending::DataHit { pc }
-                }
+                Pending::Debug {
+                    pc,
+                    exception: DB_VECTOR,
+                    dr6,
+                } if self.data_breakpoint_hit(dr6)? => Pending::DataHit { pc },
                 p => p,
             };
             if self.spin.is_some() {
