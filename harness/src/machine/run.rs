@@ -396,8 +396,8 @@ impl Machine {
             self.kicker.progress();
             self.fill_trace_rips(traced);
             // Data breakpoints (a trap: the instruction has completed); a
-            // single step's own exit may carry one too.
-            // KVM fills DR6 for #DB exits only (a #BP exit carries a stale one).
+            // single step's own exit may carry one too. KVM fills DR6 for
+            // #DB exits only (a #BP exit carries a stale one).
             let pending = match pending {
                 Pending::Debug {
                     pc,
