@@ -83,6 +83,7 @@
 ---@field vconsole? boolean A virtio-console (`virtio.write`/`virtio.read`).
 ---@field rng? boolean A virtio-rng fed from the seed.
 ---@field syscall_compat? "auto"|"on"|"off" When lunavm finishes SYSCALLs the host leaves at CPL3 (default "auto": when the startup probe finds it needed), as `--syscall-compat`.
+---@field watch_mode? "auto"|"debugreg"|"page" The mechanism of `hook.watch{vaddr=}` and gdb's watchpoints, as `--watch-mode` (default "auto": debug registers where the startup probe finds data breakpoints firing at CPL0 and CPL3, else page watches; "debugreg" is an error on a host where they fire at neither).
 
 ---Stop conditions of `vm.run`; all optional, the first that holds ends the run.
 ---@class lunavm.RunOptions
@@ -136,6 +137,20 @@
 ---@field starved boolean No debug register was free for the breakpoint.
 ---@field lstar_trap boolean The guest's LSTAR writes exit to lunavm (MSR filter).
 
+---What `vm.watch_mode` reports.
+---@class lunavm.WatchMode
+---@field mode "auto"|"debugreg"|"page" The requested mode.
+---@field debug_regs boolean Whether watches take debug registers where they fit one.
+---@field probe string What the startup probe measured, e.g. "data breakpoints do not fire at CPL0 and do not fire at CPL3".
+---@field cpl0 boolean Data breakpoints fire for CPL0 code.
+---@field cpl3 boolean Data breakpoints fire for CPL3 code.
+---@field page_watches integer Page watches set.
+---@field debug_reg_watches integer Watches set on a debug register.
+---@field no_free_debug_reg integer Watches that fell back to pages for want of a free debug register.
+---@field page_hits integer Hits reported by page watches.
+---@field debug_reg_hits integer Hits reported by debug registers.
+---@field filtered_writes integer Writes a debug-register read watch saw and dropped.
+
 ---The machine.
 vm = {}
 
@@ -182,6 +197,11 @@ function vm.exits() end
 ---The SYSCALL compatibility path: what the host does, what lunavm did.
 ---@return lunavm.SyscallCompat
 function vm.syscall_compat() end
+
+---The watch mechanism: the mode, what the startup probe measured of the
+---debug registers, and what was set and hit.
+---@return lunavm.WatchMode
+function vm.watch_mode() end
 
 -- ---------------------------------------------------------------------------
 -- mem
@@ -571,13 +591,17 @@ function hook.exec(addr, fn) end
 
 ---A data watch: `fn` runs after each guest access to `size` bytes (default 8)
 ---at guest-physical `addr` (or guest-virtual `vaddr`, translated now) that
----`on` selects ("write", the default; "read"; "access"). The watched page is
----made read-only or taken out of its memory slot, so it fires for guest
----kernel code too; lunavm completes each access itself. A read or access
----watch must not be on a page holding code or page tables.
+---`on` selects ("write", the default; "read"; "access"). A page watch: the
+---watched page is made read-only or taken out of its memory slot, so it
+---fires for guest kernel code too; lunavm completes each access itself. A
+---read or access watch must not be on a page holding code or page tables.
+---With `vaddr`, where the watch mode uses debug registers (`vm.watch_mode()`)
+---and the range is 1, 2, 4 or 8 bytes aligned to its size, a free debug
+---register watches the linear address instead. `ev.old` is the value a
+---write replaced.
 ---
 ---Example: `hook.watch{vaddr=0x105000, fn=function(ev) print(ev.value) end}`
----@param spec {addr?: integer, vaddr?: integer, size?: integer, on?: "write"|"read"|"access", fn: fun(ev: {addr: integer, size: integer, write: boolean, value: integer})}
+---@param spec {addr?: integer, vaddr?: integer, size?: integer, on?: "write"|"read"|"access", fn: fun(ev: {addr: integer, size: integer, write: boolean, value: integer, old?: integer})}
 ---@return lunavm.Handle
 function hook.watch(spec) end
 

@@ -164,6 +164,12 @@ struct RunArgs {
     /// Finish SYSCALLs that the host leaves at CPL3: auto (when the startup probe finds the host needs it), on or off.
     #[arg(long, value_name = "MODE", default_value = "auto")]
     syscall_compat: lunavm::machine::syscall_compat::SyscallCompatMode,
+    /// Mechanism of data watches (gdb's watchpoints, Lua's hook.watch{vaddr=}): auto (debug
+    /// registers where the startup probe finds that data breakpoints fire for kernel and user
+    /// code, else page watches), debugreg (debug registers where a watch fits one; an error on
+    /// a host where they never fire) or page.
+    #[arg(long, value_name = "MODE", default_value = "auto")]
+    watch_mode: lunavm::machine::drwatch::WatchMode,
     /// Print no summary on stderr.
     #[arg(long, short)]
     quiet: bool,
@@ -396,6 +402,7 @@ fn cmd_run(args: RunArgs) -> u8 {
             rtc_start: args.rtc_start,
             virtio,
             syscall_compat: args.syscall_compat,
+            watch_mode: args.watch_mode,
         },
         stop: StopCondition {
             max_exits: args.max_exits,

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use crate::boot::Protocol;
 use crate::devices::bus::Unclaimed;
+use crate::machine::drwatch::{WatchMode, WatchReport};
 use crate::machine::syscall_compat::SyscallCompatReport;
 use crate::machine::{ExitCounts, Machine, StopReason, UcallLog};
 use crate::vm::cpuid::CpuProfile;
@@ -66,6 +67,9 @@ pub struct RunReport {
     pub completions: BTreeMap<&'static str, u64>,
     /// The SYSCALL compatibility path: what the host does, what lunavm did.
     pub syscall_compat: SyscallCompatReport,
+    /// Data watches: the mechanism, what the startup probe measured of the
+    /// debug registers, and what was set and hit.
+    pub watches: WatchReport,
     /// ucall traffic.
     pub ucalls: UcallLog,
     /// Last POST code and number of writes to port 0x80.
@@ -117,6 +121,7 @@ impl RunReport {
                 .map(|(e, n)| (e.name(), *n))
                 .collect(),
             syscall_compat: machine.syscall_compat(),
+            watches: machine.watch_report(),
             ucalls: machine.ucalls().clone(),
             post_code: machine.post_code(),
             serial_bytes: machine.serial_output().len(),
@@ -203,6 +208,9 @@ impl RunReport {
                 }
             );
         }
+        if let Some(line) = watch_line(&self.watches) {
+            let _ = writeln!(s, "  watches    {line}");
+        }
         if !self.ucalls.counts.is_empty() || !self.ucalls.errors.is_empty() {
             let list: Vec<String> = self
                 .ucalls
@@ -252,6 +260,46 @@ pub fn format_ns(ns: u64) -> String {
     } else {
         format!("{ns} ns")
     }
+}
+
+/// The summary's watch line: when watches were set or the mode was chosen.
+fn watch_line(w: &WatchReport) -> Option<String> {
+    let st = &w.stats;
+    if w.mode == WatchMode::Auto && st.page_watches == 0 && st.debug_reg_watches == 0 {
+        return None;
+    }
+    let mut line = format!(
+        "{} (--watch-mode {}; {})",
+        if w.debug_regs {
+            "debug registers where a watch fits one"
+        } else {
+            "page watches"
+        },
+        w.mode.name(),
+        w.probe
+    );
+    if st.page_watches + st.debug_reg_watches > 0 {
+        let _ = write!(
+            line,
+            "; set {} on debug registers, {} as page watches; hits {} by debug registers, {} by page watches",
+            st.debug_reg_watches, st.page_watches, st.debug_reg_hits, st.page_hits
+        );
+        if st.no_free_debug_reg > 0 {
+            let _ = write!(
+                line,
+                "; {} found no free debug register",
+                st.no_free_debug_reg
+            );
+        }
+        if st.filtered_writes > 0 {
+            let _ = write!(
+                line,
+                "; {} writes dropped by read watches",
+                st.filtered_writes
+            );
+        }
+    }
+    Some(line)
 }
 
 #[cfg(test)]

@@ -158,7 +158,8 @@ fn finish_server(mut server: Server) -> (Option<i32>, String, String) {
 /// code, data and stack under 1 MiB long) become `[IMAGE]`, their page
 /// numbers `[PAGE]`, RIP-relative displacements `[DISP]` and instruction
 /// counts `[N]`; everything else (fixed
-/// addresses, values) is the same on every run.
+/// addresses, values) is the same on every run. The debug-register probe's
+/// verdict in `monitor watches` becomes `[DR PROBE]` (it is the host's).
 fn assert_transcript(name: &str, transcript: &str) {
     insta::with_settings!({
         filters => vec![
@@ -169,6 +170,8 @@ fn assert_transcript(name: &str, transcript: &str) {
             (r"\b0x1[0-9a-f]{2}\b", "[PAGE]"),
             // And RIP-relative displacements between them.
             (r"\b0x[0-9a-f]+\(%rip\)", "[DISP](%rip)"),
+            // What the startup probe measured of the host's debug registers.
+            (r"data breakpoints [a-z ]+ at CPL0 and [a-z ]+ at CPL3", "[DR PROBE]"),
         ],
     }, {
         insta::assert_snapshot!(name, transcript);
@@ -493,7 +496,8 @@ fn gdb_watchpoints_fire_on_guest_kernel_writes_and_reads() {
     require_kvm();
     let (_dir, elf_path) = temp_file("watch.elf", &guest_elf("watch"));
     let port = free_port();
-    let server = start_server(&["--guest", "watch"], port);
+    // Page watches on every host (auto picks debug registers where they fire).
+    let server = start_server(&["--guest", "watch", "--watch-mode", "page"], port);
     let commands: Vec<String> = [
         "set architecture i386:x86-64".to_string(),
         format!("target remote 127.0.0.1:{port}"),
@@ -526,6 +530,15 @@ fn gdb_watchpoints_fire_on_guest_kernel_writes_and_reads() {
     let context = format!("gdb:\n{transcript}\nlunavm stdout:\n{stdout}\nlunavm stderr:\n{stderr}");
     eprintln!("{context}");
     assert_transcript("gdb_watchpoints", &transcript);
+    // Each watch names its mechanism.
+    assert!(
+        transcript.contains("mechanism: page watches (--watch-mode page; data breakpoints "),
+        "{context}"
+    );
+    assert!(
+        transcript.contains(" bytes at physical ") && transcript.contains("(Gdb): page watch\n"),
+        "{context}"
+    );
     assert!(
         transcript.contains("Hardware watchpoint 2: watched.counter"),
         "{context}"
@@ -569,6 +582,84 @@ fn gdb_watchpoints_fire_on_guest_kernel_writes_and_reads() {
     assert_eq!(transcript.matches(whole).count(), 2, "{context}");
     assert!(stdout.contains("watch: counter 0x33, sum 15"), "{context}");
     assert!(transcript.contains("exited normally"), "{context}");
+    assert_eq!(code, Some(0), "{context}");
+}
+
+/// The user-mode result word the `usermode` guest's CPL3 code stores CS in
+/// (`mov %rax, 8(%rdi)` in um_user_plain, reached by sysretq): 0x33.
+const USER_RESULT_CS: u64 = 0x80_0000_2008;
+
+/// `watch` through a debug register, on a store made by CPL3 code. Where the
+/// startup probe finds that data breakpoints fire at neither level (this
+/// project's software-nested KVM: measured silent at CPL0 and CPL3, for
+/// write and read/write breakpoints, stores and loads), `--watch-mode
+/// debugreg` must refuse to start with a clear error instead of setting
+/// watches that never fire; elsewhere gdb's watchpoint takes a debug
+/// register (`monitor watches` says which) and stops after the store.
+#[test]
+fn gdb_watchpoint_through_a_debug_register_fires_on_a_user_mode_store() {
+    require_kvm();
+    let probe = lunavm::vm::dr_probe::probe();
+    if !probe.cpl0.fires() && !probe.cpl3.fires() {
+        let run = common::lunavm(&["run", "--guest", "usermode", "--watch-mode", "debugreg"]);
+        assert_eq!(run.code, Some(3), "{}", run.stderr);
+        assert!(
+            run.stderr.contains(
+                "--watch-mode debugreg: this host's data breakpoints do not fire \
+                 (data breakpoints do not fire at CPL0 and do not fire at CPL3, measured at startup)"
+            ),
+            "{}",
+            run.stderr
+        );
+        return;
+    }
+    assert!(probe.cpl3.fires(), "the usermode store is at CPL3: {probe}");
+    let (_dir, elf_path) = temp_file("usermode.elf", &guest_elf("usermode"));
+    let port = free_port();
+    let server = start_server(
+        &[
+            "--guest",
+            "usermode",
+            "--cmdline",
+            "only=sysret",
+            "--watch-mode",
+            "debugreg",
+        ],
+        port,
+    );
+    let commands: Vec<String> = [
+        "set architecture i386:x86-64".to_string(),
+        format!("target remote 127.0.0.1:{port}"),
+        // The user pages are mapped by then.
+        "hbreak um_sysret_user".into(),
+        "continue".into(),
+        "set breakpoint always-inserted on".into(),
+        format!("watch *(unsigned long *){USER_RESULT_CS:#x}"),
+        "monitor watches".into(),
+        "continue".into(),
+        "p/x $cs".into(),
+        "delete".into(),
+        "continue".into(),
+    ]
+    .into_iter()
+    .collect();
+    let transcript = run_gdb(&elf_path, &commands, |_| {});
+    let (code, stdout, stderr) = finish_server(server);
+    let context = format!("gdb:\n{transcript}\nlunavm stdout:\n{stdout}\nlunavm stderr:\n{stderr}");
+    eprintln!("{context}");
+    assert!(
+        transcript.contains(&format!(
+            "watch 1: Write of 8 bytes at linear {USER_RESULT_CS:#x}"
+        )) && transcript.contains("(Gdb): debug register DR"),
+        "{context}"
+    );
+    // Stopped after the store, in user mode.
+    assert!(
+        transcript.contains("Old value = 0\nNew value = 51\n"),
+        "{context}"
+    );
+    assert!(transcript.contains("= 0x33"), "{context}");
+    assert!(stdout.contains("usermode: sysret: ok"), "{context}");
     assert_eq!(code, Some(0), "{context}");
 }
 

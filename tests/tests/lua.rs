@@ -281,3 +281,95 @@ print("hook.watch: ok")
     );
     assert_eq!(run.code, Some(0), "{}{}", run.stdout, run.stderr);
 }
+
+/// `hook.watch{vaddr=}` through a debug register on a CPL3 store (the
+/// `usermode` guest's user code storing CS in its result page), and
+/// `vm.watch_mode()`. On a host whose data breakpoints fire at neither level
+/// (this project's software-nested KVM), `watch_mode = "debugreg"` is refused
+/// with a clear error and the test checks that instead.
+#[test]
+fn hook_watch_through_a_debug_register_sees_a_user_mode_store() {
+    require_kvm();
+    let sysret = guest_symbol("usermode", "um_sysret_user");
+    let script = r#"
+local sysret = tonumber(arg[1])
+local opts = {guest = "usermode", cmdline = "only=sysret", watch_mode = "debugreg"}
+local ok, err = pcall(vm.boot, opts)
+if not ok then
+  assert(tostring(err):find("--watch-mode debugreg: this host's data breakpoints do not fire", 1, true), tostring(err))
+  opts.watch_mode = "page"
+  vm.boot(opts)
+  local m = vm.watch_mode()
+  t.eq(m.mode, "page")
+  t.eq(m.debug_regs, false)
+  t.eq(m.cpl0, false)
+  t.eq(m.cpl3, false)
+  print("debugreg refused: " .. m.probe)
+  return
+end
+t.eq(vm.watch_mode().debug_regs, true)
+local ev = vm.run{breakpoint = sysret}
+t.eq(ev.reason, "breakpoint")
+local hits = {}
+local w = hook.watch{vaddr = 0x8000002008, size = 8, fn = function(e) hits[#hits + 1] = e end}
+ev = vm.run{}
+t.eq(ev.reason, "exit")
+t.eq(#hits, 1)
+t.eq(hits[1].write, true)
+t.eq(hits[1].value, 0x33)
+t.eq(hits[1].old, 0)
+local m = vm.watch_mode()
+t.eq(m.debug_reg_watches, 1)
+t.eq(m.debug_reg_hits, 1)
+w:remove()
+print("debugreg watch: ok")
+"#;
+    let (_dir, path) = temp_file("drwatch.lua", script.as_bytes());
+    let path = path.to_string_lossy().into_owned();
+    let run = lunavm(&["run", &path, &sysret.to_string()]);
+    assert_eq!(run.code, Some(0), "{}{}", run.stdout, run.stderr);
+    let probe = lunavm::vm::dr_probe::probe();
+    let expected = if probe.cpl0.fires() || probe.cpl3.fires() {
+        "debugreg watch: ok".to_string()
+    } else {
+        format!("debugreg refused: {probe}")
+    };
+    assert!(
+        run.stdout.contains(&expected),
+        "{}{}",
+        run.stdout,
+        run.stderr
+    );
+}
+
+/// Page watches report the value a write replaced (`ev.old`) and count in
+/// `vm.watch_mode()`.
+#[test]
+fn hook_watch_reports_the_old_value_of_a_write() {
+    require_kvm();
+    let watched = guest_symbol("watch", "watched");
+    let script = r#"
+local base = tonumber(arg[1])
+vm.boot{guest = "watch", cmdline = "rounds=2", watch_mode = "page"}
+local olds = {}
+hook.watch{addr = base, size = 8, fn = function(ev) olds[#olds + 1] = ev.old end}
+t.eq(vm.run{}.reason, "exit")
+t.eq(olds[1], 0)
+t.eq(olds[2], 0x11)
+local m = vm.watch_mode()
+t.eq(m.page_watches, 1)
+t.eq(m.page_hits, 2)
+t.eq(m.debug_reg_watches, 0)
+print("old values: ok")
+"#;
+    let (_dir, path) = temp_file("oldwatch.lua", script.as_bytes());
+    let path = path.to_string_lossy().into_owned();
+    let run = lunavm(&["run", &path, &watched.to_string()]);
+    assert!(
+        run.stdout.contains("old values: ok"),
+        "{}{}",
+        run.stdout,
+        run.stderr
+    );
+    assert_eq!(run.code, Some(0), "{}{}", run.stdout, run.stderr);
+}

@@ -17,8 +17,10 @@
 //!   breakpoints (`Z1`, `hbreak`) are debug registers from the allocator
 //!   shared with Lua (four).
 //! - watchpoints (`Z2`-`Z4`: `watch`, `rwatch`, `awatch`) are page watches
-//!   (`machine::watch`): they fire for guest kernel code too, where this
-//!   host's debug-register data breakpoints do not.
+//!   (`machine::watch`), which fire for guest kernel code too, or debug
+//!   registers where the watch mode uses them (`machine::drwatch`: where the
+//!   startup probe finds that data breakpoints fire; not on this project's
+//!   software-nested KVM).
 //!
 //! - `monitor` commands (replies are text gdb prints; errors are text too and
 //!   never end the session):
@@ -29,7 +31,8 @@
 //!     FS/GS/kernel-GS base; `unreadable` when KVM refuses one), a line each.
 //!   - `monitor clock`: virtual time (ns and formatted), guest-caused exits
 //!     and the platform's next timer deadline.
-//!   - `monitor watches`: the page watches and the KVM memory slots.
+//!   - `monitor watches`: the watch mechanism, each watch with its own
+//!     (page watch or debug register), and the KVM memory slots.
 //!   - `monitor record on|off`, `monitor record`: checkpoints for
 //!     `reverse-stepi` and `reverse-continue` (see [`reverse`]).
 //!   - `monitor lua CODE`: runs CODE in a Lua state with the scenario API

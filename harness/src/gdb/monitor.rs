@@ -10,6 +10,7 @@ use gdbstub::target::ext::monitor_cmd::{ConsoleOutput, MonitorCmd};
 use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
 
 use super::target::GdbTarget;
+use crate::machine::watch::Via;
 use crate::machine::{Machine, MachineError};
 use crate::report::format_ns;
 use crate::snapshot::Snapshot;
@@ -24,7 +25,7 @@ lunavm monitor commands:
   monitor snapshot restore NAME    restore snapshot NAME
   monitor snapshot list            list the snapshots of this gdb session
   monitor snapshot drop NAME       forget snapshot NAME
-  monitor watches                  the page watches (gdb's watchpoints) and the KVM memory slots
+  monitor watches                  the watches (gdb's watchpoints), the mechanism each uses, and the KVM memory slots
   monitor record on|off            keep checkpoints for reverse-stepi and reverse-continue (off by default)
   monitor record                   whether recording is on, and the checkpoints kept
   monitor lua CODE                 run Lua against the stopped machine (the scenario API:
@@ -293,18 +294,45 @@ fn system_regs(out: &mut String, s: &kvm_sregs) {
     }
 }
 
-/// `monitor watches`: the watches and the memory slots they carved.
+/// `monitor watches`: the mechanism, the watches (each with its own) and
+/// the memory slots page watches carved.
 fn watches_text(machine: &Machine) -> String {
     let mut out = String::new();
+    let r = machine.watch_report();
+    let _ = writeln!(
+        out,
+        "mechanism: {} (--watch-mode {}; {})",
+        if r.debug_regs {
+            "debug registers where a watch fits one, else pages"
+        } else {
+            "page watches"
+        },
+        r.mode.name(),
+        r.probe
+    );
     let watches = machine.watches().list();
     if watches.is_empty() {
         out.push_str("no watches\n");
     }
     for w in watches {
+        let (at, via) = match w.via {
+            Via::Page => (format!("physical {:#x}", w.gpa), "page watch".to_string()),
+            Via::DebugReg { linear } => (
+                format!("linear {linear:#x}"),
+                format!(
+                    "debug register DR{} (physical {:#x} when set)",
+                    machine
+                        .debug_regs()
+                        .data_slot(w.id)
+                        .map_or("?".to_string(), |s| s.to_string()),
+                    w.gpa
+                ),
+            ),
+        };
         let _ = writeln!(
             out,
-            "watch {}: {:?} of {} bytes at physical {:#x} ({:?})",
-            w.id, w.kind, w.len, w.gpa, w.owner
+            "watch {}: {:?} of {} bytes at {at} ({:?}): {via}",
+            w.id, w.kind, w.len, w.owner
         );
     }
     for p in machine.memory_slots() {

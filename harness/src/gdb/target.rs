@@ -592,9 +592,10 @@ impl Breakpoints for GdbTarget {
     }
 }
 
-/// Watchpoints are page watches (`machine::watch`): the debug registers'
-/// data breakpoints do not fire for guest kernel code on every host. The
-/// watched range is translated through the page tables when gdb sets it.
+/// Watchpoints are debug registers where the watch mode uses them and the
+/// range fits one, else page watches (`machine::watch`, `machine::drwatch`);
+/// either way the stop comes once the accessing instruction has completed.
+/// The watched range is translated through the page tables when gdb sets it.
 impl HwWatchpoint for GdbTarget {
     fn add_hw_watchpoint(
         &mut self,
@@ -608,26 +609,13 @@ impl HwWatchpoint for GdbTarget {
             WatchKind::ReadWrite => MachineWatchKind::Access,
         };
         let mut m = self.machine().map_err(fatal)?;
-        let sregs = m.sregs().map_err(fatal)?;
-        let Ok(n) = usize::try_from(len) else {
-            return Ok(false);
+        let ids = match m.add_watch_virt(addr, len, machine_kind, Owner::Gdb) {
+            Ok(ids) => ids,
+            // Unmapped, too long, or the slots refused: gdb reports that it
+            // cannot set the watchpoint.
+            Err(MachineError::Watch(_) | MachineError::DebugRegs(_)) => return Ok(false),
+            Err(e) => return Err(fatal(e)),
         };
-        let Ok(ranges) = access::phys_ranges(m.memory(), &paging_regs(&sregs), addr, n) else {
-            // Unmapped: gdb reports that it cannot set the watchpoint.
-            return Ok(false);
-        };
-        let mut ids = Vec::new();
-        for (gpa, l) in ranges {
-            match m.add_watch(gpa, l, machine_kind, Owner::Gdb) {
-                Ok(id) => ids.push(id),
-                Err(_) => {
-                    for id in ids {
-                        m.remove_watch(id).map_err(fatal)?;
-                    }
-                    return Ok(false);
-                }
-            }
-        }
         drop(m);
         self.watchpoints.push((addr, len, kind, ids));
         Ok(true)

@@ -4,6 +4,7 @@
 
 pub mod cpu;
 pub mod debug;
+pub mod drwatch;
 pub mod fuzzbp;
 pub mod intercept;
 pub mod kick;
@@ -65,6 +66,8 @@ pub struct MachineConfig {
     pub virtio: Vec<virtio::VirtioSpec>,
     /// When to finish SYSCALLs the host leaves at CPL3 ([`syscall_compat`]).
     pub syscall_compat: syscall_compat::SyscallCompatMode,
+    /// Which mechanism watches may use ([`drwatch`]).
+    pub watch_mode: drwatch::WatchMode,
 }
 
 /// Where the PIC, PIT (and IOAPIC/LAPIC) are emulated.
@@ -106,6 +109,7 @@ impl Default for MachineConfig {
             rtc_start: crate::devices::rtc::DEFAULT_START,
             virtio: Vec::new(),
             syscall_compat: syscall_compat::SyscallCompatMode::Auto,
+            watch_mode: drwatch::WatchMode::Auto,
         }
     }
 }
@@ -210,8 +214,10 @@ pub struct Machine {
     pub(crate) kernel: Option<LoadedKernel>,
     pub(crate) intercepts: intercept::Intercepts,
     pub(crate) debug_regs: debug::DebugRegs,
-    /// Data watches on carved pages.
+    /// Data watches (on carved pages or debug registers).
     pub(crate) watches: watch::Watches,
+    /// The watch mechanism the mode and the startup probe chose.
+    pub(crate) watch_setup: drwatch::WatchSetup,
     /// `int3` breakpoints written into guest memory.
     pub(crate) sw_breakpoints: swbp::SwBreakpoints,
     /// The fuzzer's breakpoints (coverage, compares, crash sites).
@@ -292,6 +298,15 @@ impl Machine {
         let mut vcpu = vm.create_vcpu(0, &requested_cpuid)?;
         let effective_cpuid = cpu_probe::probe(&mut vcpu, &vm.mem)?;
         let syscall_probe = crate::vm::syscall_probe::probe(&mut vcpu, &vm.mem)?;
+        let dr_probe = crate::vm::dr_probe::cached();
+        let watch_setup = drwatch::WatchSetup {
+            mode: config.watch_mode,
+            probe: dr_probe,
+            debug_regs: config
+                .watch_mode
+                .uses_debug_regs(dr_probe)
+                .map_err(MachineError::from)?,
+        };
 
         let serial = Arc::new(Mutex::new(SerialDevice::new(config.echo_serial)));
         let post_code = Arc::new(Mutex::new(PostCode::new()));
@@ -358,6 +373,7 @@ impl Machine {
             intercepts: intercept::Intercepts::default(),
             debug_regs: debug::DebugRegs::default(),
             watches: watch::Watches::default(),
+            watch_setup,
             sw_breakpoints: swbp::SwBreakpoints::default(),
             fuzz_bps: fuzzbp::FuzzBreakpoints::default(),
             resume_over_breakpoint: false,

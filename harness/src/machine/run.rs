@@ -38,6 +38,12 @@ enum Pending {
     Debug {
         pc: u64,
         exception: u32,
+        dr6: u64,
+    },
+    /// A debug exit from data breakpoints (watches), handled: the
+    /// instruction has completed.
+    DataHit {
+        pc: u64,
     },
     Internal(u32),
     /// The guest wrote LSTAR (the SYSCALL path's MSR filter sent it here).
@@ -53,6 +59,8 @@ enum Pending {
 
 /// The #BP exception vector, as KVM reports it in a debug exit.
 const BP_VECTOR: u32 = 3;
+/// The #DB exception vector, as KVM reports it in a debug exit.
+const DB_VECTOR: u32 = 1;
 /// The #BP exception vector, for injection.
 const BP_VECTOR_U8: u8 = 3;
 
@@ -248,6 +256,7 @@ impl Machine {
 
             self.current = self.schedule();
             self.prepare_entry()?;
+            self.refresh_watch_shadows()?;
             self.reg_cache.invalidate();
             let traced = self.trace.len();
             let vcpu = &mut self.vcpus[self.current];
@@ -354,6 +363,7 @@ impl Machine {
                 Ok(VcpuExit::Debug(arch)) => Pending::Debug {
                     pc: arch.pc,
                     exception: arch.exception,
+                    dr6: arch.dr6,
                 },
                 Ok(VcpuExit::InternalError) => {
                     let run = vcpu.get_kvm_run();
@@ -385,9 +395,20 @@ impl Machine {
 
             self.kicker.progress();
             self.fill_trace_rips(traced);
+            // Data breakpoints (a trap: the instruction has completed); a
+            // single step's own exit may carry one too. KVM fills DR6 for
+            // #DB exits only (a #BP exit carries a stale one).
+            let pending = match pending {
+                Pending::Debug {
+                    pc,
+                    exception: DB_VECTOR,
+                    dr6,
+                } if self.data_breakpoint_hit(dr6)? => Pending::DataHit { pc },
+                p => p,
+            };
             if self.spin.is_some() {
                 let debug = match pending {
-                    Pending::Debug { pc, exception } => Some((pc, exception)),
+                    Pending::Debug { pc, exception, .. } => Some((pc, exception)),
                     _ => None,
                 };
                 if let super::spin::ProbeExit::Swallowed = self.probe_exit(debug)? {
@@ -399,12 +420,12 @@ impl Machine {
                 }
             }
             let pending = if self.step_over_armed {
-                let debug = matches!(pending, Pending::Debug { .. });
+                let debug = matches!(pending, Pending::Debug { .. } | Pending::DataHit { .. });
                 if cond.single_step {
                     // A requested step stays armed through the exits of its
                     // instruction (port and MMIO accesses) until its own
                     // debug exit. Harness-caused: no virtual time passes.
-                    if let Pending::Debug { pc, .. } = pending {
+                    if let Pending::Debug { pc, .. } | Pending::DataHit { pc } = pending {
                         self.step_over_armed = false;
                         self.disarm_step_over()?;
                         if let Some(stop) = self.take_watch_stop() {
@@ -435,7 +456,12 @@ impl Machine {
             if matches!(pending, Pending::Kicked) && cond.interrupted() {
                 return Ok(StopReason::Interrupted);
             }
-            let watched_write = matches!(pending, Pending::Watched { write: true });
+            // Complete already: a write to a watched page (KVM exits for an
+            // MMIO write after the instruction) or a data breakpoint.
+            let completed = matches!(
+                pending,
+                Pending::Watched { write: true } | Pending::DataHit { .. }
+            );
             if let Some(stop) = self.finish_exit(pending, cond)? {
                 return Ok(stop);
             }
@@ -447,9 +473,8 @@ impl Machine {
                 self.sync_syscall_compat()?;
             }
             if self.watches.pending.is_some() {
-                if watched_write {
-                    // KVM exits for an MMIO write once the instruction is
-                    // complete (RIP is past it): stop now.
+                if completed {
+                    // RIP is past the instruction: stop now.
                     if self.step_over_armed {
                         self.step_over_armed = false;
                         self.disarm_step_over()?;
@@ -477,7 +502,7 @@ impl Machine {
         cond: &StopCondition,
     ) -> Result<Option<StopReason>, MachineError> {
         Ok(match pending {
-            Pending::None | Pending::Watched { .. } => None,
+            Pending::None | Pending::Watched { .. } | Pending::DataHit { .. } => None,
             // Harness-caused (the SYSCALL path's filter): no virtual time.
             Pending::LstarWrite(value) => {
                 self.lstar_written(value)?;
@@ -543,7 +568,7 @@ impl Machine {
                 self.halted()?
             }
             Pending::Shutdown => Some(StopReason::Shutdown { regs: self.dump()? }),
-            Pending::Debug { pc, exception }
+            Pending::Debug { pc, exception, .. }
                 if exception != BP_VECTOR && self.syscall_compat.is_handler(pc) =>
             {
                 self.syscall_compat_stop(pc)?
@@ -551,6 +576,7 @@ impl Machine {
             Pending::Debug {
                 pc,
                 exception: BP_VECTOR,
+                ..
             } if self.is_fuzz_breakpoint(pc) => {
                 // Harness-caused: no virtual time passes.
                 self.fuzz_breakpoint_hit(pc)?
@@ -558,6 +584,7 @@ impl Machine {
             Pending::Debug {
                 pc,
                 exception: BP_VECTOR,
+                ..
             } if !self.is_sw_breakpoint(pc) => {
                 // The guest's own int3 (KVM reports every #BP while software
                 // breakpoints are set): deliver it as KVM would have.

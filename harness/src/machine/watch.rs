@@ -1,7 +1,7 @@
-//! Page watches: data watchpoints that work where the debug registers do not
-//! fire (on this machine's KVM, not for guest code at CPL0).
+//! Data watches: page watches, which work everywhere, and debug-register
+//! watches ([`super::drwatch`]) where the host fires data breakpoints.
 //!
-//! A watched page is carved out of its KVM memory slot ([`crate::vm::slots`]):
+//! A page-watched page is carved out of its KVM memory slot ([`crate::vm::slots`]):
 //! read-only when only writes are watched on it, absent when reads are, so
 //! the guest's accesses to it exit to the VMM as MMIO. The run loop completes
 //! each such access against guest RAM (the read returns what RAM holds, the
@@ -18,6 +18,11 @@
 //! they set one. Removing the last watch of a page restores its slot exactly.
 //! A page holding code or page tables cannot be watched for reads (the
 //! guest's fetches and walks would have no RAM).
+//!
+//! [`Machine::add_watch_virt`] (the debugger's and `hook.watch{vaddr=}`)
+//! takes a debug register instead when the watch mode says they fire and
+//! the range is 1, 2, 4 or 8 naturally aligned bytes, and falls back to
+//! page watches otherwise.
 
 use std::collections::BTreeMap;
 
@@ -52,6 +57,19 @@ impl WatchKind {
     }
 }
 
+/// How a watch sees the guest's accesses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// Its pages are carved out of their memory slots.
+    Page,
+    /// A data breakpoint on a linear address (the debug register is the
+    /// allocator's slot for this watch).
+    DebugReg {
+        /// The watched linear (guest-virtual) address.
+        linear: u64,
+    },
+}
+
 /// One watch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Watch {
@@ -65,6 +83,14 @@ pub struct Watch {
     pub len: u64,
     /// What it fires on.
     pub kind: WatchKind,
+    /// Its mechanism.
+    pub via: Via,
+}
+
+impl Watch {
+    fn is_page(&self) -> bool {
+        self.via == Via::Page
+    }
 }
 
 /// A guest access that hit a watch.
@@ -82,6 +108,8 @@ pub struct WatchHit {
     pub write: bool,
     /// The value written, or read.
     pub value: u64,
+    /// For a write: the value before it, when known.
+    pub old: Option<u64>,
 }
 
 /// Errors of setting watches.
@@ -90,19 +118,57 @@ pub enum WatchError {
     /// The range is empty or too long.
     #[error("A watch covers 1 to {MAX_WATCH_LEN} bytes, not {0}")]
     BadLength(u64),
+    /// The virtual range is not mapped.
+    #[error("Cannot watch {addr:#x}: {source}")]
+    Unmapped {
+        /// The virtual address.
+        addr: u64,
+        /// Why.
+        #[source]
+        source: crate::vm::access::AccessError,
+    },
+    /// `--watch-mode debugreg` on a host whose data breakpoints never fire.
+    #[error("--watch-mode debugreg: this host's data breakpoints do not fire ({probe}, measured at startup), so debug-register watches would never report a hit; use --watch-mode auto or page")]
+    DebugRegsSilent {
+        /// What the startup probe measured.
+        probe: String,
+    },
     /// The slots could not be changed.
     #[error(transparent)]
     Slots(#[from] crate::vm::slots::SlotError),
+}
+
+/// How many watches each mechanism took and how many hits it reported.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct WatchStats {
+    /// Watches set as page watches (each carved range counts).
+    pub page_watches: u64,
+    /// Watches set on a debug register.
+    pub debug_reg_watches: u64,
+    /// Watches that could have taken a debug register but found none free
+    /// (they became page watches).
+    pub no_free_debug_reg: u64,
+    /// Hits reported by page watches.
+    pub page_hits: u64,
+    /// Hits reported by debug-register watches.
+    pub debug_reg_hits: u64,
+    /// Debug-register hits filtered out: writes seen by a read watch.
+    pub filtered_writes: u64,
 }
 
 /// The watches of a machine and the hit waiting for its instruction to
 /// complete.
 #[derive(Clone, Debug, Default)]
 pub struct Watches {
-    list: Vec<Watch>,
+    pub(crate) list: Vec<Watch>,
     next_id: u64,
     /// A hit whose instruction is completing (single-stepped).
     pub(crate) pending: Option<WatchHit>,
+    /// The value of each debug-register watch's bytes before the guest was
+    /// last entered (None when unmapped): a hit's old value.
+    pub(crate) shadows: BTreeMap<u64, Option<u64>>,
+    /// Counters.
+    pub(crate) stats: WatchStats,
 }
 
 impl Watches {
@@ -111,10 +177,21 @@ impl Watches {
         &self.list
     }
 
+    /// The counters.
+    pub fn stats(&self) -> WatchStats {
+        self.stats
+    }
+
+    /// A fresh watch id.
+    pub(crate) fn next_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
     /// How each page must be carved for the watches.
     fn carved(&self) -> BTreeMap<u64, PageMode> {
         let mut out = BTreeMap::new();
-        for w in &self.list {
+        for w in self.list.iter().filter(|w| w.is_page()) {
             let mode = if w.kind == WatchKind::Write {
                 PageMode::ReadOnly
             } else {
@@ -134,9 +211,9 @@ impl Watches {
 
     /// The first watch a guest access hits.
     fn hit(&self, gpa: u64, size: u64, write: bool) -> Option<&Watch> {
-        self.list
-            .iter()
-            .find(|w| w.kind.covers(write) && gpa < w.gpa + w.len && w.gpa < gpa + size)
+        self.list.iter().find(|w| {
+            w.is_page() && w.kind.covers(write) && gpa < w.gpa + w.len && w.gpa < gpa + size
+        })
     }
 
     /// Completes a guest access that exited as MMIO because its page is
@@ -152,6 +229,10 @@ impl Watches {
         write: bool,
     ) -> Option<bool> {
         slots.mode(gpa)?;
+        let mut before = [0u8; 8];
+        let n = data.len().min(8);
+        let old = (write && memory::read_phys(mem, gpa, &mut before[..n]))
+            .then(|| super::intercept::le_value(&before[..n]));
         let ok = if write {
             memory::write_phys(mem, gpa, data)
         } else {
@@ -175,9 +256,13 @@ impl Watches {
             size: u8::try_from(data.len()).unwrap_or(u8::MAX),
             write,
             value: super::intercept::le_value(data),
+            old,
         };
         // An instruction with several accesses keeps the first hit.
-        self.pending.get_or_insert(hit);
+        if self.pending.is_none() {
+            self.stats.page_hits += 1;
+            self.pending = Some(hit);
+        }
         Some(true)
     }
 }
@@ -195,14 +280,14 @@ impl Machine {
         if len == 0 || len > MAX_WATCH_LEN {
             return Err(WatchError::BadLength(len).into());
         }
-        self.watches.next_id += 1;
-        let id = self.watches.next_id;
+        let id = self.watches.next_id();
         self.watches.list.push(Watch {
             id,
             owner,
             gpa,
             len,
             kind,
+            via: Via::Page,
         });
         if let Err(e) = self.apply_watches() {
             self.watches.list.retain(|w| w.id != id);
@@ -210,28 +295,88 @@ impl Machine {
             let _ = self.apply_watches();
             return Err(e);
         }
+        self.watches.stats.page_watches += 1;
         Ok(id)
+    }
+
+    /// Watches `len` bytes from guest-virtual `addr` (translated through the
+    /// vCPU's page tables now) for `kind` accesses: one debug register when
+    /// the watch mode uses them, the range fits one and one is free, else
+    /// page watches on the physical pages the range maps to. Returns the
+    /// watches' ids (all set, or none).
+    pub fn add_watch_virt(
+        &mut self,
+        addr: u64,
+        len: u64,
+        kind: WatchKind,
+        owner: Owner,
+    ) -> Result<Vec<u64>, MachineError> {
+        if len == 0 || len > MAX_WATCH_LEN {
+            return Err(WatchError::BadLength(len).into());
+        }
+        let paging = crate::vm::regs::paging_regs(&self.sregs()?);
+        let n = usize::try_from(len).map_err(|_| WatchError::BadLength(len))?;
+        let ranges = crate::vm::access::phys_ranges(&self.vm.mem, &paging, addr, n)
+            .map_err(|source| WatchError::Unmapped { addr, source })?;
+        if let Some(id) = self.try_debug_reg_watch(addr, len, kind, owner, &ranges)? {
+            return Ok(vec![id]);
+        }
+        let mut ids = Vec::new();
+        for (gpa, l) in ranges {
+            match self.add_watch(gpa, l, kind, owner) {
+                Ok(id) => ids.push(id),
+                Err(e) => {
+                    for id in ids {
+                        self.remove_watch(id)?;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(ids)
     }
 
     /// Removes watch `id`; whether it existed.
     pub fn remove_watch(&mut self, id: u64) -> Result<bool, MachineError> {
-        let before = self.watches.list.len();
-        self.watches.list.retain(|w| w.id != id);
-        if self.watches.list.len() == before {
+        let Some(i) = self.watches.list.iter().position(|w| w.id == id) else {
             return Ok(false);
-        }
-        self.apply_watches()?;
+        };
+        let w = self.watches.list.remove(i);
+        self.unapply_watch(&w)?;
         Ok(true)
     }
 
     /// Removes every watch `owner` set.
     pub fn remove_watches(&mut self, owner: Owner) -> Result<(), MachineError> {
-        let before = self.watches.list.len();
-        self.watches.list.retain(|w| w.owner != owner);
-        if self.watches.list.len() != before {
+        let (gone, kept): (Vec<Watch>, Vec<Watch>) = std::mem::take(&mut self.watches.list)
+            .into_iter()
+            .partition(|w| w.owner == owner);
+        self.watches.list = kept;
+        let mut pages = false;
+        for w in &gone {
+            match w.via {
+                Via::Page => pages = true,
+                Via::DebugReg { .. } => self.unapply_watch(w)?,
+            }
+        }
+        if pages {
             self.apply_watches()?;
         }
         Ok(())
+    }
+
+    /// Gives back what removed watch `w` held.
+    fn unapply_watch(&mut self, w: &Watch) -> Result<(), MachineError> {
+        match w.via {
+            Via::Page => self.apply_watches(),
+            Via::DebugReg { .. } => {
+                self.watches.shadows.remove(&w.id);
+                if self.debug_regs.free_data(w.id) {
+                    self.apply_debug_regs()?;
+                }
+                Ok(())
+            }
+        }
     }
 
     /// The watches.
@@ -276,6 +421,7 @@ mod tests {
                 gpa,
                 len,
                 kind,
+                via: Via::Page,
             });
         }
         w
@@ -297,6 +443,14 @@ mod tests {
                 (0x5000, PageMode::Absent)
             ]
         );
+    }
+
+    #[test]
+    fn debug_register_watches_carve_nothing_and_hit_no_access() {
+        let mut w = watches(&[(0x3000, 8, WatchKind::Access)]);
+        w.list[0].via = Via::DebugReg { linear: 0x3000 };
+        assert!(w.carved().is_empty());
+        assert!(w.hit(0x3000, 8, true).is_none());
     }
 
     #[test]
@@ -340,8 +494,8 @@ mod tests {
         );
         let hit = w.pending.take().unwrap();
         assert_eq!(
-            (hit.id, hit.gpa, hit.size, hit.value),
-            (1, 0x3006, 2, 0x0201)
+            (hit.id, hit.gpa, hit.size, hit.value, hit.old),
+            (1, 0x3006, 2, 0x0201, Some(0))
         );
         let mut read = [0u8; 4];
         assert_eq!(

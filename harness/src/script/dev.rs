@@ -193,7 +193,8 @@ const EXIT_KINDS: &[&str] = &["pio", "mmio", "hlt", "emulation"];
 
 /// Registers hook `id` in the session and returns its handle.
 /// `hook.watch{addr = PHYS or vaddr = VIRT, size = N, on = "write" | "read"
-/// | "access", fn = function(ev)}`: a page watch (see `machine::watch`).
+/// | "access", fn = function(ev)}`: a page watch, or with `vaddr` a debug
+/// register where the watch mode uses them (see `machine::watch`).
 fn add_watch_hook(st: &Shared, spec: Table) -> ApiResult<Handle> {
     use crate::machine::watch::WatchKind;
     let func: Function = spec
@@ -213,26 +214,12 @@ fn add_watch_hook(st: &Shared, spec: Table) -> ApiResult<Handle> {
     let mut s = st.borrow_mut();
     let id = s.next_id();
     let m = s.machine()?;
-    let ranges = match (phys, virt) {
-        (Some(p), None) => vec![(from_lua_int(p), size)],
-        (None, Some(v)) => {
-            let paging = crate::vm::regs::paging_regs(&m.sregs()?);
-            let len = usize::try_from(size).map_err(|_| "size is too large")?;
-            crate::vm::access::phys_ranges(m.memory(), &paging, from_lua_int(v), len)
-                .map_err(|e| super::convert::error_chain(&e))?
-        }
+    let ids = match (phys, virt) {
+        (Some(p), None) => vec![m.add_watch(from_lua_int(p), size, kind, Owner::Hook(id))?],
+        // A debug register where the watch mode uses them and it fits one.
+        (None, Some(v)) => m.add_watch_virt(from_lua_int(v), size, kind, Owner::Hook(id))?,
         _ => return Err("hook.watch needs addr = PHYSICAL or vaddr = VIRTUAL".into()),
     };
-    let mut ids = Vec::new();
-    for (gpa, len) in ranges {
-        match m.add_watch(gpa, len, kind, Owner::Hook(id)) {
-            Ok(w) => ids.push(w),
-            Err(e) => {
-                m.remove_watches(Owner::Hook(id))?;
-                return Err(e.into());
-            }
-        }
-    }
     Ok(push_hook(st, &mut s, id, HookKind::Watch { ids }, func))
 }
 

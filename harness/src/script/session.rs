@@ -276,6 +276,9 @@ fn run_loop(
                 ev.set("size", hit.size)?;
                 ev.set("write", hit.write)?;
                 ev.set("value", to_lua_int(hit.value))?;
+                if let Some(old) = hit.old {
+                    ev.set("old", to_lua_int(old))?;
+                }
                 call_hooks(st, &hooks, &ev)?;
             }
             StopReason::Completed { entry } => {

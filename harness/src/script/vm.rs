@@ -62,6 +62,23 @@ pub fn register(lua: &Lua, st: &Shared) -> mlua::Result<()> {
         t.set("lstar_trap", c.lstar_trap)?;
         Ok(t)
     })?;
+    add_fn(lua, &t, st, "vm", "watch_mode", |lua, st, ()| {
+        let mut s = st.borrow_mut();
+        let r = s.machine()?.watch_report();
+        let t = lua.create_table()?;
+        t.set("mode", r.mode.name())?;
+        t.set("debug_regs", r.debug_regs)?;
+        t.set("probe", r.probe.to_string())?;
+        t.set("cpl0", r.probe.cpl0.fires())?;
+        t.set("cpl3", r.probe.cpl3.fires())?;
+        t.set("page_watches", to_lua_int(r.stats.page_watches))?;
+        t.set("debug_reg_watches", to_lua_int(r.stats.debug_reg_watches))?;
+        t.set("no_free_debug_reg", to_lua_int(r.stats.no_free_debug_reg))?;
+        t.set("page_hits", to_lua_int(r.stats.page_hits))?;
+        t.set("debug_reg_hits", to_lua_int(r.stats.debug_reg_hits))?;
+        t.set("filtered_writes", to_lua_int(r.stats.filtered_writes))?;
+        Ok(t)
+    })?;
     add_fn(lua, &t, st, "vm", "exits", |lua, st, ()| {
         let mut s = st.borrow_mut();
         let m = s.machine()?;
@@ -131,6 +148,9 @@ fn boot(st: &Shared, opts: Option<Table>) -> ApiResult<()> {
     }
     if let Some(mode) = opt::<String>(&opts, "syscall_compat")? {
         config.syscall_compat = mode.parse()?;
+    }
+    if let Some(mode) = opt::<String>(&opts, "watch_mode")? {
+        config.watch_mode = mode.parse()?;
     }
     config.virtio = super::virtio::boot_devices(&opts)?;
     let cmdline: String = opt(&opts, "cmdline")?.unwrap_or_default();
@@ -308,6 +328,9 @@ pub fn event(lua: &Lua, st: &Shared, end: RunEnd) -> ApiResult<Table> {
             ev.set("size", hit.size)?;
             ev.set("write", hit.write)?;
             ev.set("value", to_lua_int(hit.value))?;
+            if let Some(old) = hit.old {
+                ev.set("old", to_lua_int(old))?;
+            }
             "watch"
         }
         StopReason::SerialMatch { text, end } => {

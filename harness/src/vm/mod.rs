@@ -5,6 +5,7 @@ pub mod access;
 pub mod cpu_probe;
 pub mod cpuid;
 pub mod dirty;
+pub mod dr_probe;
 pub mod irq;
 pub mod memory;
 pub mod paging;
