@@ -1,6 +1,6 @@
 //! The test-suite Linux kernel (scripts/linux, built and cached by
 //! `scripts/test`) boots the same way every time on the deterministic
-//! platform: `--repeat 2` through the console line "Run /init as init
+//! platform: `--repeat 3` through the console line "Run /init as init
 //! process" and on to 1 s of virtual time (about 100 timer ticks while the
 //! idle /init spins in user mode) sees the same exits (kind, port, value,
 //! virtual time, RIP) and the same serial output, with no host-timed kick.
@@ -69,7 +69,7 @@ fn the_linux_boot_repeats_exactly_through_run_init() {
             "--max-time",
             "1s",
             "--repeat",
-            "2",
+            "3",
             "--repeat-ignore-state",
             "-q",
         ],
@@ -79,7 +79,7 @@ fn the_linux_boot_repeats_exactly_through_run_init() {
     // The virtual-time budget ends each run (exit status 73).
     assert_eq!(run.code, Some(73), "{}", run.stderr);
     assert!(
-        run.stderr.contains("lunavm: repeat: 2 runs identical"),
+        run.stderr.contains("lunavm: repeat: 3 runs identical"),
         "{}",
         run.stderr
     );
