@@ -22,6 +22,8 @@ pub enum Owner {
     Gdb,
     /// The SYSCALL compatibility path (on the guest's page-fault entry).
     SyscallCompat,
+    /// Reverse execution's replay (where the state to reach is).
+    Replay,
 }
 
 /// The debug-register allocator.
