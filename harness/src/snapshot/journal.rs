@@ -22,6 +22,10 @@ use crate::vm::dirty::{self, DirtyBitmaps};
 /// A page: region index in the high half, page index in the low one.
 type PageKey = u64;
 
+/// The versions of one page: (checkpoint sequence number, bytes), oldest
+/// first.
+type Versions = Vec<(u64, Box<[u8]>)>;
+
 /// Bytes of a page (the layout's constant as a length).
 const PAGE: usize = 4096;
 const _: () = assert!(PAGE_SIZE == PAGE as u64);
@@ -51,7 +55,7 @@ pub struct Pages {
     marks: Vec<(u64, Vec<PageKey>)>,
     /// The versions of each captured page: (sequence number, bytes), oldest
     /// first.
-    versions: HashMap<PageKey, Vec<(u64, Box<[u8]>)>>,
+    versions: HashMap<PageKey, Versions>,
     /// The checkpoint RAM derives from.
     at: usize,
     /// Pages of dropped checkpoints that RAM may still hold.
