@@ -31,8 +31,13 @@
 //! **Replay.** Going back restores the nearest checkpoint at or before the
 //! target (O(pages written since)) and re-executes: natively (`KVM_RUN`,
 //! interrupts injected at exits from virtual time exactly as recorded) up to
-//! the target's exit count, then by single steps (interrupts let in as in a
-//! native run for a continue's segment, blocked for gdb's steps). Every exit
+//! the target's exit count, and on to the target itself: in gdb's stepping
+//! segments by single steps (interrupts blocked, as they were); in a
+//! continue's segment natively to a breakpoint at the target's RIP, stopping
+//! where the exit count and registers match (single steps there only count
+//! the steps of one exit interval: on software-nested KVM a step that
+//! delivers an interrupt leaves the trap flag in the guest's frame, so a
+//! stepped path may differ in memory from the native one). Every exit
 //! of a replay is compared with its recorded mark, and a replay that reaches
 //! a checkpoint's state is compared with the checkpoint's memory page by page
 //! (the pages written since, exactly) or, for the state gdb stopped at, with
