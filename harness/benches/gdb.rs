@@ -11,11 +11,17 @@
 //!     (`Z0`, an `int3` lunavm must step over on every continue);
 //! (c) single steps per second as the real gdb sees them: `stepi N` in
 //!     `gdb -batch`, timed inside gdb (with its Python);
-//! (d) the cost of `reverse-continue` against its distance: with recording
-//!     on, stop at the first `bump`, continue to the final `printf` (R rounds
-//!     later), then reverse-continue to the last `bump`; lunavm replays the
-//!     segment from its checkpoint and back (`monitor record` tells how many
-//!     single steps), for several R.
+//! (d) the cost of `reverse-continue` against its distance, with recording
+//!     on: (1) on `watch`, stop at the first `bump`, continue to the final
+//!     `printf` (R rounds later, no guest exit between), then
+//!     reverse-continue to the last `bump`: lunavm replays natively from the
+//!     checkpoint with the breakpoint armed (R breakpoint stops) and again to
+//!     land; (2) on `timer` (`k=1`: a port exit per loop iteration, no tick),
+//!     stop at `guest_main`, continue to the final `printf` (W iterations and
+//!     exits later), then reverse-continue to `guest_main`: lunavm replays the
+//!     checkpoints (one per 1,000 exits) backwards, each natively and checked
+//!     exit by exit. `monitor record` tells how many exits and single steps
+//!     were replayed.
 //!
 //! Each figure is the median of several runs. Writes `target/bench-gdb.json`
 //! as well.
@@ -48,10 +54,13 @@ fn free_port() -> Result<u16, Error> {
 /// `lunavm run --guest watch --cmdline rounds=N --gdb 127.0.0.1:PORT`,
 /// returned once it listens.
 fn start_lunavm(rounds: u64, port: u16) -> Result<Child, Error> {
+    start_guest("watch", &format!("rounds={rounds}"), port)
+}
+
+fn start_guest(guest: &str, cmdline: &str, port: u16) -> Result<Child, Error> {
     use std::io::BufRead;
     let mut child = Command::new(env!("CARGO_BIN_EXE_lunavm"))
-        .args(["run", "-q", "--guest", "watch", "--cmdline"])
-        .arg(format!("rounds={rounds}"))
+        .args(["run", "-q", "--guest", guest, "--cmdline", cmdline])
         .arg("--gdb")
         .arg(format!("127.0.0.1:{port}"))
         .stdin(Stdio::null())
@@ -199,20 +208,31 @@ fn continue_latency(n: u64, bump: u64, kind: u8) -> Result<f64, Error> {
     Ok(secs / n as f64)
 }
 
-/// (d) seconds of one reverse-continue over `rounds` rounds, and the single
-/// steps it replayed.
-fn reverse_continue(rounds: u64, bump: u64, printf: u64) -> Result<(f64, u64), Error> {
-    let (child, mut rsp) = session(rounds)?;
+/// What one reverse-continue cost: seconds, exits and single steps
+/// replayed.
+type ReverseCost = (f64, u64, u64);
+
+/// (d) a reverse-continue from a stop at `to` back to a breakpoint at
+/// `back`, after a stop at `first` (all hardware breakpoints) in a session
+/// already started.
+fn reverse_continue_in(
+    child: Child,
+    mut rsp: Rsp,
+    first: u64,
+    to: u64,
+    back: u64,
+) -> Result<ReverseCost, Error> {
     rsp.monitor("record on")?;
-    rsp.call(&format!("Z1,{bump:x},1"))?;
+    rsp.call(&format!("Z1,{first:x},1"))?;
     rsp.call("c")?;
-    rsp.call(&format!("z1,{bump:x},1"))?;
-    rsp.call(&format!("Z1,{printf:x},1"))?;
+    rsp.call(&format!("z1,{first:x},1"))?;
+    rsp.call(&format!("Z1,{to:x},1"))?;
     let stop = rsp.call("c")?;
     if !stop.starts_with("T05") {
         return Err(format!("unexpected reply to c: {stop}").into());
     }
-    rsp.call(&format!("Z1,{bump:x},1"))?;
+    rsp.call(&format!("z1,{to:x},1"))?;
+    rsp.call(&format!("Z1,{back:x},1"))?;
     let start = Instant::now();
     let stop = rsp.call("bc")?;
     let secs = start.elapsed().as_secs_f64();
@@ -220,16 +240,42 @@ fn reverse_continue(rounds: u64, bump: u64, printf: u64) -> Result<(f64, u64), E
         return Err(format!("unexpected reply to bc: {stop}").into());
     }
     let status = rsp.monitor("record")?;
-    let steps = status
+    let replayed = status
         .split("replayed ")
         .nth(1)
-        .and_then(|r| r.split(' ').next())
-        .and_then(|n| n.parse().ok())
         .ok_or_else(|| format!("no replay count in {status:?}"))?;
-    rsp.call(&format!("z1,{bump:x},1"))?;
-    rsp.call(&format!("z1,{printf:x},1"))?;
+    let number = |after: &str| -> Result<u64, Error> {
+        replayed
+            .split(after)
+            .next()
+            .and_then(|r| r.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| format!("no count before {after:?} in {status:?}").into())
+    };
+    let exits = number(" exits natively")?;
+    let steps = number(" single steps")?;
+    rsp.call(&format!("z1,{back:x},1"))?;
     finish(child, rsp)?;
-    Ok((secs, steps))
+    Ok((secs, exits, steps))
+}
+
+/// (d1) over `rounds` rounds of `watch` (no exits between).
+fn reverse_rounds(rounds: u64, bump: u64, printf: u64) -> Result<ReverseCost, Error> {
+    let (child, rsp) = session(rounds)?;
+    reverse_continue_in(child, rsp, bump, printf, bump)
+}
+
+/// (d2) over `work` iterations of `timer` with a port exit each.
+fn reverse_exits(work: u64, main: u64, printf: u64) -> Result<ReverseCost, Error> {
+    let port = free_port()?;
+    let child = start_guest("timer", &format!("hz=19 work={work} k=1"), port)?;
+    let mut rsp = Rsp {
+        s: connect(port)?,
+        buf: Vec::new(),
+    };
+    rsp.call("qSupported:swbreak+;hwbreak+")?;
+    rsp.call("?")?;
+    reverse_continue_in(child, rsp, main, printf, main)
 }
 
 /// (c) single steps per second of `stepi N` in `gdb -batch`, timed inside
@@ -300,19 +346,45 @@ fn main() -> Result<(), Error> {
     })?;
     let gdb_rate = run("gdb stepi steps/s", &mut || gdb_stepi(&elf, gdb_steps))?;
     let _ = std::fs::remove_dir_all(&dir);
-    let distances: &[u64] = if quick { &[10, 100] } else { &[10, 100, 1000] };
-    let mut reverse = Vec::new();
-    for &rounds in distances {
+    let timer = lunavm::guests::find("timer").ok_or("no built-in timer guest")?;
+    let timer_file = object::File::parse(timer.elf)?;
+    let timer_symbol = |name: &str| {
+        timer_file
+            .symbols()
+            .find(|s| s.name() == Ok(name))
+            .map(|s| s.address())
+            .ok_or_else(|| format!("no symbol {name} in timer"))
+    };
+    let (timer_main, timer_printf) = (timer_symbol("guest_main")?, timer_symbol("printf")?);
+    let measure = |what: String, f: &mut dyn FnMut() -> Result<ReverseCost, Error>| {
         let mut times = Vec::new();
-        let mut steps = 0;
+        let (mut exits, mut steps) = (0, 0);
         for _ in 0..reps {
-            let (t, n) = reverse_continue(rounds, bump, printf)?;
+            let (t, e, s) = f()?;
             times.push(t);
-            steps = n;
+            (exits, steps) = (e, s);
         }
         let t = median(times);
-        eprintln!("reverse-continue over {rounds} rounds: {t:.6} s, {steps} steps replayed");
-        reverse.push((rounds, steps, t));
+        eprintln!("reverse-continue {what}: {t:.6} s, {exits} exits, {steps} steps replayed");
+        Ok::<_, Error>((what, exits, steps, t))
+    };
+    let mut reverse = Vec::new();
+    let rounds: &[u64] = if quick { &[10, 100] } else { &[10, 100, 1000] };
+    for &r in rounds {
+        reverse.push(measure(format!("over {r} rounds of watch"), &mut || {
+            reverse_rounds(r, bump, printf)
+        })?);
+    }
+    let works: &[u64] = if quick {
+        &[1000, 5000]
+    } else {
+        &[1000, 10_000, 40_000]
+    };
+    for &w in works {
+        reverse.push(measure(
+            format!("over {w} port exits of timer"),
+            &mut || reverse_exits(w, timer_main, timer_printf),
+        )?);
     }
 
     println!("gdb benchmark ({} runs each, medians)", reps);
@@ -330,17 +402,16 @@ fn main() -> Result<(), Error> {
         "  continue to a sw breakpoint (Z0):      {:>10.1} µs",
         sw * 1e6
     );
-    for (rounds, steps, t) in &reverse {
+    for (what, exits, steps, t) in &reverse {
         println!(
-            "  reverse-continue over {rounds:>4} rounds: {:>8.1} ms, {steps:>7} steps replayed ({:.1} µs/step)",
-            t * 1e3,
-            t * 1e6 / (*steps).max(1) as f64
+            "  reverse-continue {what:<30} {:>9.1} ms, {exits:>6} exits and {steps:>4} steps replayed",
+            t * 1e3
         );
     }
     let report = json!({
         "reverse_continue": reverse
             .iter()
-            .map(|(r, n, t)| json!({"rounds": r, "steps_replayed": n, "seconds": t}))
+            .map(|(w, e, n, t)| json!({"distance": w, "exits_replayed": e, "steps_replayed": n, "seconds": t}))
             .collect::<Vec<_>>(),
         "steps_per_s": step,
         "steps_per_s_with_g": step_g,

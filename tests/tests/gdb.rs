@@ -165,7 +165,9 @@ fn assert_transcript(name: &str, transcript: &str) {
         filters => vec![
             (r"\b0x0*1[0-9a-f]{5}\b", "[IMAGE]"),
             // Instruction counts change with the compiler.
-            (r"replayed \d+ steps", "replayed [N] steps"),
+            (r"replayed \d+ exits natively and \d+ single steps", "replayed [N] exits natively and [N] single steps"),
+            (r"\d+ exits recorded, \d+ KiB; at exit \d+ \((\d+ steps|steps not counted)", "[N] exits recorded, [N] KiB; at exit [N] ([N] steps"),
+            (r"from \d+ checkpoint restores \(\d+ pages copied\)", "from [N] checkpoint restores ([N] pages copied)"),
             // So do the page numbers of the image's pages.
             (r"\b0x1[0-9a-f]{2}\b", "[PAGE]"),
             // And RIP-relative displacements between them.
@@ -186,6 +188,16 @@ fn symbol_address(elf: &[u8], name: &str) -> u64 {
         .find(|s| s.name() == Ok(name))
         .unwrap_or_else(|| panic!("no symbol {name}"))
         .address()
+}
+
+/// `len` bytes of the ELF's loaded image at virtual address `addr`.
+fn code_bytes(elf: &[u8], addr: u64, len: u64) -> Vec<u8> {
+    use object::{Object, ObjectSection};
+    let file = object::File::parse(elf).expect("guest ELF parses");
+    file.sections()
+        .find_map(|s| s.data_range(addr, len).ok().flatten())
+        .unwrap_or_else(|| panic!("no code at {addr:#x}"))
+        .to_vec()
 }
 
 #[test]
@@ -976,6 +988,7 @@ fn gdb_reverse_continue_crosses_a_timer_interrupt_deterministically() {
         "monitor record".into(),
         "p ticks".into(),
         "p/x $rsp".into(),
+        "x/1xb &ticks".into(),
         "continue".into(),
         "p ticks".into(),
         "reverse-continue".into(),
@@ -1014,14 +1027,96 @@ fn gdb_reverse_continue_crosses_a_timer_interrupt_deterministically() {
     let replayed: u64 = transcript
         .lines()
         .find_map(|l| l.split("the last reverse operation replayed ").nth(1))
-        .and_then(|r| r.strip_suffix(" steps"))
+        .and_then(|r| r.split(" exits natively").next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no replay count\n{context}"));
-    // The scan from the first tick to the second, then back to the first.
-    assert!(replayed >= 1000, "replayed {replayed} steps\n{context}");
+    // From the second tick back to the first: 990 iterations of the
+    // guest's loop (thousands of instructions) and their port exits, run
+    // natively (and again to land on the hit).
+    assert!(replayed >= 99, "replayed {replayed} exits\n{context}");
+    assert!(
+        plain_out.contains("timer: tick 1 at iteration 929")
+            && plain_out.contains("timer: tick 2 at iteration 1919"),
+        "{plain_out}"
+    );
+    // A byte of memory (ticks) and a register (rsp, above) as they were.
+    assert!(transcript.contains("<ticks>:\t0x00"), "{context}");
     // Going back and forth changed nothing the guest can see.
     assert_eq!(stdout, plain_out, "{context}");
     assert_eq!(code, plain.status.code(), "{context}");
+}
+
+#[test]
+fn gdb_reverse_stepi_crosses_a_port_exit() {
+    require_kvm();
+    let args = ["--guest", "timer", "--cmdline", "hz=10000 work=3000 k=10"];
+    let elf = guest_elf("timer");
+    // The EOI in irq0_handler: `out %al, $0x20` (e6 20); break just after.
+    let handler = symbol_address(&elf, "irq0_handler");
+    let code = code_bytes(&elf, handler, 64);
+    let out = handler
+        + code
+            .windows(2)
+            .position(|w| w == [0xe6, 0x20])
+            .expect("the EOI's out in irq0_handler") as u64;
+    let after = out + 2;
+    let (_dir, elf_path) = temp_file("timer.elf", &elf);
+    let port = free_port();
+    let server = start_server(&args, port);
+    let commands: Vec<String> = [
+        "set architecture i386:x86-64".to_string(),
+        format!("target remote 127.0.0.1:{port}"),
+        "monitor record on".into(),
+        format!("hbreak *{after:#x}"),
+        // Natively to just after the port exit (the second tick's).
+        "continue".into(),
+        "continue".into(),
+        "monitor clock".into(),
+        "p/x $pc".into(),
+        // One instruction back: the out itself, before its exit.
+        "reverse-stepi".into(),
+        "p/x $pc".into(),
+        "x/i $pc".into(),
+        "monitor clock".into(),
+        "reverse-stepi".into(),
+        "p/x $pc".into(),
+        "stepi".into(),
+        "p/x $pc".into(),
+        // Over the exit again (where a step over `out` stops depends on
+        // the host: this one runs the next instruction too).
+        "stepi".into(),
+        "monitor clock".into(),
+        "delete".into(),
+        "continue".into(),
+    ]
+    .into_iter()
+    .collect();
+    let transcript = run_gdb(&elf_path, &commands, |_| {});
+    let (code, stdout, stderr) = finish_server(server);
+    let context = format!("gdb:\n{transcript}\nlunavm stdout:\n{stdout}\nlunavm stderr:\n{stderr}");
+    eprintln!("{context}");
+    let value = |n: u32| {
+        transcript
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("${n} = 0x")))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or_else(|| panic!("no ${n}\n{context}"))
+    };
+    let exits: Vec<u64> = transcript
+        .lines()
+        .filter_map(|l| l.strip_prefix("guest exits"))
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    assert_eq!(value(1), after, "{context}");
+    assert_eq!(value(2), out, "at the out\n{context}");
+    assert!(transcript.contains("out    %al,$0x20"), "{context}");
+    assert!(value(3) < out, "one more back\n{context}");
+    assert_eq!(value(4), out, "forward to the out again\n{context}");
+    assert_eq!(exits.len(), 3, "{context}");
+    assert_eq!(exits[1] + 1, exits[0], "before the exit\n{context}");
+    assert_eq!(exits[2], exits[0], "and after it again\n{context}");
+    assert!(stdout.contains("timer: ticks "), "{context}");
+    assert_eq!(code, Some(0), "{context}");
 }
 
 #[test]

@@ -93,13 +93,7 @@ impl GdbTarget {
                 .machine()
                 .map(|m| watches_text(&m))
                 .map_err(|e| e.to_string()),
-            ["record"] => Ok(format!(
-                "recording {}; {} checkpoints kept ({} dropped for space); the last reverse operation replayed {} steps\n",
-                if self.recording { "on" } else { "off" },
-                self.history.len(),
-                self.history.dropped,
-                self.history.replayed
-            )),
+            ["record"] => Ok(self.record_text()),
             ["record", "on"] => {
                 self.recording = true;
                 Ok("recording on: checkpoints from the next resume on, for reverse-stepi and reverse-continue\n".into())
@@ -115,6 +109,37 @@ impl GdbTarget {
             )),
         };
         result.unwrap_or_else(|e| format!("error: {e}\n"))
+    }
+
+    /// `monitor record`: the history and what the last reverse operation
+    /// cost.
+    fn record_text(&self) -> String {
+        let h = &self.history;
+        let c = h.cost;
+        let position = match self.machine() {
+            Ok(m) => {
+                let steps = h
+                    .steps()
+                    .map_or_else(|| "steps not counted".to_string(), |s| format!("{s} steps"));
+                format!(
+                    "; at exit {} ({steps} after the last checkpoint)",
+                    m.clock().guest_exits()
+                )
+            }
+            Err(_) => String::new(),
+        };
+        format!(
+            "recording {}; {} checkpoints kept ({} dropped for space), {} exits recorded, {} KiB{position}\nthe last reverse operation replayed {} exits natively and {} single steps from {} checkpoint restores ({} pages copied)\n",
+            if self.recording { "on" } else { "off" },
+            h.len(),
+            h.dropped,
+            h.exits_recorded(),
+            h.bytes() / 1024,
+            c.exits,
+            c.steps,
+            c.restores,
+            c.pages
+        )
     }
 
     /// `monitor lua CODE`: runs `code` in the session's Lua state (globals

@@ -152,13 +152,9 @@ impl GdbTarget {
         };
         let mut m = self.lua.machine_mut().ok_or(GdbError::NoMachine)?;
         if self.recording {
-            self.history.before_forward(&mut m, stepping)?;
+            return Ok(self.history.forward(&mut m, &cond)?);
         }
-        let stop = m.run(&cond)?;
-        if self.recording {
-            self.history.after_forward(stepping);
-        }
-        Ok(stop)
+        Ok(m.run(&cond)?)
     }
 
     /// Whether the last resume request was a reverse one.

@@ -26,6 +26,8 @@ pub enum Owner {
     Gdb,
     /// The SYSCALL compatibility path (on the guest's page-fault entry).
     SyscallCompat,
+    /// Reverse execution's replay (where the state to reach is).
+    Replay,
 }
 
 /// What a data breakpoint fires on (DR7's R/W field; x86 has no read-only

@@ -262,6 +262,13 @@ pub struct Machine {
     pub(crate) kick_mark: u64,
     /// Kicks in a row with no guest-caused exit between them.
     pub(crate) kicks_in_a_row: u32,
+    /// When set, a mark (a hash of the state) per guest-caused exit, for
+    /// reverse execution's recording and replay checks.
+    pub(crate) exit_marks: Option<Vec<trace::ExitMark>>,
+    /// When set, the dirty pages every snapshot's collection of the dirty
+    /// log saw, kept for the incremental checkpoints of reverse execution
+    /// (which would otherwise miss them).
+    pub(crate) dirty_carry: Option<crate::vm::dirty::DirtyBitmaps>,
 }
 
 /// The current vCPU's registers as last read or written, until it runs again.
@@ -394,6 +401,8 @@ impl Machine {
             spin: None,
             kick_mark: 0,
             kicks_in_a_row: 0,
+            exit_marks: None,
+            dirty_carry: None,
         })
     }
 
@@ -501,8 +510,12 @@ impl Machine {
         &self.trace
     }
 
-    /// Records an exit in the trace when tracing is on.
+    /// Records an exit in the trace when tracing is on (and marks a
+    /// guest-caused one when marks are asked for).
     pub(crate) fn record(&mut self, kind: trace::ExitKind, addr: u64, value: u64) {
+        if kind.guest_caused() {
+            self.mark_exit(kind, addr, value);
+        }
         if self.config.trace_exits {
             let time_ns = self.clock.now_ns();
             let rip = self.regs().map_or(0, |r| r.rip);
@@ -513,6 +526,32 @@ impl Machine {
                 time_ns,
                 rip,
             });
+        }
+    }
+
+    /// Pushes the mark of the guest-caused exit just counted, when marks are
+    /// asked for: a hash of its kind, port or address, value, virtual time,
+    /// the interrupts injected so far and the general and special registers.
+    pub(crate) fn mark_exit(&mut self, kind: trace::ExitKind, addr: u64, value: u64) {
+        if self.exit_marks.is_none() {
+            return;
+        }
+        let regs = self.regs().ok();
+        let sregs = self.sregs().ok();
+        let mark = trace::ExitMark::new(
+            trace::MarkInput {
+                index: self.clock.guest_exits(),
+                kind,
+                addr,
+                value,
+                time_ns: self.clock.now_ns(),
+                interrupts: self.exits.interrupts,
+            },
+            regs.as_ref(),
+            sregs.as_ref(),
+        );
+        if let Some(marks) = &mut self.exit_marks {
+            marks.push(mark);
         }
     }
 

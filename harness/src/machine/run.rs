@@ -129,6 +129,23 @@ impl Machine {
         self.platform.next_deadline()
     }
 
+    /// Completes what KVM left pending at the last exit (a port or MMIO
+    /// read's data, an instruction's end) without running the guest: a
+    /// `KVM_RUN` with `immediate_exit` set. Taking or restoring the vCPU's
+    /// state between an exit and the next entry needs it (KVM's API says so).
+    pub(crate) fn settle(&mut self) -> Result<(), MachineError> {
+        let vcpu = &mut self.vcpus[self.current];
+        vcpu.set_kvm_immediate_exit(1);
+        let result = vcpu.run().map(|_| ());
+        vcpu.set_kvm_immediate_exit(0);
+        self.reg_cache.invalidate();
+        match result {
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Ok(()),
+            Err(e) => Err(MachineError::Run(e)),
+            Ok(()) => Ok(()),
+        }
+    }
+
     /// Before entering the guest: bring the timers up to date when a deadline
     /// has passed, and inject the PIC's interrupt if the guest can take it now,
     /// else ask KVM for an exit as soon as it can (an interrupt window).
@@ -259,6 +276,8 @@ impl Machine {
             self.refresh_watch_shadows()?;
             self.reg_cache.invalidate();
             let traced = self.trace.len();
+            // A read's mark, taken once the vCPU borrow ends.
+            let mut read_mark = None;
             let vcpu = &mut self.vcpus[self.current];
             self.kicker
                 .hold(vcpu.get_kvm_run().request_interrupt_window != 0);
@@ -280,6 +299,7 @@ impl Machine {
                         self.platform.sync(self.clock.now_ns());
                     }
                     self.pio_bus.read(u64::from(port), data);
+                    read_mark = Some((ExitKind::PioIn, u64::from(port), le_value(data)));
                     if self.config.trace_exits {
                         let time_ns = self.clock.now_ns();
                         let value = le_value(data);
@@ -328,6 +348,7 @@ impl Machine {
                     self.clock.charge(Charge::Mmio);
                     self.device_clock.set(self.clock.now_ns());
                     self.mmio_bus.read(addr, data);
+                    read_mark = Some((ExitKind::MmioRead, addr, le_value(data)));
                     if self.config.trace_exits {
                         let time_ns = self.clock.now_ns();
                         let value = le_value(data);
@@ -395,6 +416,9 @@ impl Machine {
 
             self.kicker.progress();
             self.fill_trace_rips(traced);
+            if let Some((kind, addr, value)) = read_mark {
+                self.mark_exit(kind, addr, value);
+            }
             // Data breakpoints (a trap: the instruction has completed); a
             // single step's own exit may carry one too. KVM fills DR6 for
             // #DB exits only (a #BP exit carries a stale one).

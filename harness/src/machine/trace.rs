@@ -31,6 +31,113 @@ pub enum ExitKind {
     SpinWait,
 }
 
+impl ExitKind {
+    /// Whether the guest caused it (it counts as a guest exit and moves
+    /// virtual time by its fixed cost).
+    pub fn guest_caused(self) -> bool {
+        matches!(
+            self,
+            ExitKind::PioIn
+                | ExitKind::PioOut
+                | ExitKind::MmioRead
+                | ExitKind::MmioWrite
+                | ExitKind::Ucall
+                | ExitKind::Completion
+        )
+    }
+}
+
+/// RFLAGS bits single-stepping may change (TF, RF): left out of marks, so a
+/// stepped exit and a native one compare equal.
+pub const STEP_FLAGS: u64 = (1 << 8) | (1 << 16);
+
+/// What a mark records of an exit besides the registers.
+#[derive(Clone, Copy, Debug)]
+pub struct MarkInput {
+    /// The guest-exit count with this exit.
+    pub index: u64,
+    /// Its kind.
+    pub kind: ExitKind,
+    /// Port, address or command.
+    pub addr: u64,
+    /// Value read or written.
+    pub value: u64,
+    /// Virtual time after it.
+    pub time_ns: u64,
+    /// Interrupts injected so far.
+    pub interrupts: u64,
+}
+
+/// The mark of one guest-caused exit: what it was and a hash of the state
+/// (for reverse execution: a replay must produce the same marks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExitMark {
+    /// The guest-exit count with this exit (the first exit is 1).
+    pub index: u64,
+    /// Its kind.
+    pub kind: ExitKind,
+    /// Port, address or command.
+    pub addr: u64,
+    /// Value read or written.
+    pub value: u64,
+    /// Hash of the above, virtual time, the interrupts injected so far and
+    /// the general and special registers.
+    pub hash: u64,
+}
+
+impl ExitMark {
+    /// The mark of an exit with the vCPU's registers (None when KVM would
+    /// not give them: hashed as absent).
+    pub fn new(
+        input: MarkInput,
+        regs: Option<&kvm_bindings::kvm_regs>,
+        sregs: Option<&kvm_bindings::kvm_sregs>,
+    ) -> Self {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (input.index, input.kind as u8, input.addr, input.value).hash(&mut h);
+        (input.time_ns, input.interrupts).hash(&mut h);
+        if let Some(r) = regs {
+            [
+                r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rsp, r.rbp, r.r8, r.r9, r.r10, r.r11,
+                r.r12, r.r13, r.r14, r.r15, r.rip,
+            ]
+            .hash(&mut h);
+            (r.rflags & !STEP_FLAGS).hash(&mut h);
+        }
+        if let Some(s) = sregs {
+            for seg in [&s.cs, &s.ds, &s.es, &s.fs, &s.gs, &s.ss, &s.tr, &s.ldt] {
+                (
+                    seg.base,
+                    seg.limit,
+                    seg.selector,
+                    seg.type_,
+                    seg.dpl,
+                    seg.l,
+                    seg.db,
+                )
+                    .hash(&mut h);
+            }
+            (s.gdt.base, s.gdt.limit, s.idt.base, s.idt.limit).hash(&mut h);
+            [s.cr0, s.cr2, s.cr3, s.cr4, s.cr8, s.efer].hash(&mut h);
+        }
+        ExitMark {
+            index: input.index,
+            kind: input.kind,
+            addr: input.addr,
+            value: input.value,
+            hash: h.finish(),
+        }
+    }
+}
+
+impl std::fmt::Display for ExitMark {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = describe(self.kind, self.addr, self.value);
+        write!(f, "{what} (state hash {:016x})", self.hash)
+    }
+}
+
 /// One exit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct ExitRecord {
@@ -47,20 +154,25 @@ pub struct ExitRecord {
     pub rip: u64,
 }
 
+/// An exit in words (without its time).
+fn describe(kind: ExitKind, addr: u64, value: u64) -> String {
+    match kind {
+        ExitKind::PioIn => format!("port read {addr:#x} -> {value:#x}"),
+        ExitKind::PioOut => format!("port write {addr:#x} <- {value:#x}"),
+        ExitKind::MmioRead => format!("mmio read {addr:#x} -> {value:#x}"),
+        ExitKind::MmioWrite => format!("mmio write {addr:#x} <- {value:#x}"),
+        ExitKind::Ucall => format!("ucall {addr}"),
+        ExitKind::Hlt => "hlt".to_string(),
+        ExitKind::Completion => format!("completion at {addr:#x}"),
+        ExitKind::Interrupt => format!("interrupt vector {value:#x}"),
+        ExitKind::Kick => format!("kick (host-timed) to {value} ns"),
+        ExitKind::SpinWait => format!("spin wait, time to {value} ns"),
+    }
+}
+
 impl std::fmt::Display for ExitRecord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let what = match self.kind {
-            ExitKind::PioIn => format!("port read {:#x} -> {:#x}", self.addr, self.value),
-            ExitKind::PioOut => format!("port write {:#x} <- {:#x}", self.addr, self.value),
-            ExitKind::MmioRead => format!("mmio read {:#x} -> {:#x}", self.addr, self.value),
-            ExitKind::MmioWrite => format!("mmio write {:#x} <- {:#x}", self.addr, self.value),
-            ExitKind::Ucall => format!("ucall {}", self.addr),
-            ExitKind::Hlt => "hlt".to_string(),
-            ExitKind::Completion => format!("completion at {:#x}", self.addr),
-            ExitKind::Interrupt => format!("interrupt vector {:#x}", self.value),
-            ExitKind::Kick => format!("kick (host-timed) to {} ns", self.value),
-            ExitKind::SpinWait => format!("spin wait, time to {} ns", self.value),
-        };
+        let what = describe(self.kind, self.addr, self.value);
         write!(f, "{what} at {} ns, rip {:#x}", self.time_ns, self.rip)
     }
 }

@@ -5,6 +5,7 @@
 //! not O(RAM). On disk, see [`file`].
 
 pub mod file;
+pub mod journal;
 pub mod vcpu;
 
 use std::collections::BTreeMap;
@@ -289,10 +290,7 @@ impl Machine {
     }
 
     fn take_snapshot_inner(&mut self) -> Result<Snapshot, crate::machine::MachineError> {
-        self.vm
-            .dirty
-            .collect(&self.vm.fd, &self.vm.mem, self.vm.slots.pieces())
-            .map_err(|e| boxed(e.into()))?;
+        self.collect_dirty().map_err(|e| boxed(e.into()))?;
         let state = self.machine_state()?;
         let mut memory = Vec::new();
         for region in self.vm.mem.iter() {
@@ -342,10 +340,7 @@ impl Machine {
                 st.vcpus.len()
             )));
         }
-        let dirty = self
-            .vm
-            .dirty
-            .collect(&self.vm.fd, &self.vm.mem, self.vm.slots.pieces())?;
+        let dirty = self.collect_dirty()?;
         let full = self.snapshot_base != Some(snap.id);
         let mut stats = RestoreStats { pages: 0, full };
         for ((region, copy), bits) in self.vm.mem.iter().zip(&snap.memory).zip(&dirty) {
@@ -389,6 +384,33 @@ impl Machine {
                 });
             }
         }
+        self.restore_state(st)?;
+        self.snapshot_base = Some(snap.id);
+        Ok(stats)
+    }
+
+    /// The pages written since the last collection (guest and VMM), also
+    /// kept in [`Machine::dirty_carry`] when that is on.
+    pub(crate) fn collect_dirty(&mut self) -> Result<dirty::DirtyBitmaps, DirtyError> {
+        let bits = self
+            .vm
+            .dirty
+            .collect(&self.vm.fd, &self.vm.mem, self.vm.slots.pieces())?;
+        if let Some(carry) = &mut self.dirty_carry {
+            if carry.len() != bits.len() {
+                *carry = bits.iter().map(|b| vec![0; b.len()]).collect();
+            }
+            for (c, b) in carry.iter_mut().zip(&bits) {
+                for (cw, bw) in c.iter_mut().zip(b) {
+                    *cw |= bw;
+                }
+            }
+        }
+        Ok(bits)
+    }
+
+    /// Restores everything but memory from `st` (checked to fit already).
+    pub(crate) fn restore_state(&mut self, st: &MachineState) -> Result<(), SnapshotError> {
         let in_kernel = self.config.irqchip == crate::machine::IrqchipMode::Kernel;
         if st.kernel_irqchip.is_some() != in_kernel {
             return Err(SnapshotError::Mismatch(
@@ -413,8 +435,7 @@ impl Machine {
         self.resume_over_breakpoint = false;
         // The timers' cached deadline follows their restored state.
         self.platform.refresh_deadline();
-        self.snapshot_base = Some(snap.id);
-        Ok(stats)
+        Ok(())
     }
 
     /// Writes `bytes` at guest-physical `gpa` of `snap`'s copy of memory (the
