@@ -1082,9 +1082,9 @@ fn gdb_reverse_stepi_crosses_a_port_exit() {
         "p/x $pc".into(),
         "stepi".into(),
         "p/x $pc".into(),
-        // Over the exit again (where a step over `out` stops depends on
-        // the host: this one runs the next instruction too).
+        // Over the exit again: one instruction, to just after the out.
         "stepi".into(),
+        "p/x $pc".into(),
         "monitor clock".into(),
         "delete".into(),
         "continue".into(),
@@ -1112,6 +1112,11 @@ fn gdb_reverse_stepi_crosses_a_port_exit() {
     assert!(transcript.contains("out    %al,$0x20"), "{context}");
     assert!(value(3) < out, "one more back\n{context}");
     assert_eq!(value(4), out, "forward to the out again\n{context}");
+    assert_eq!(
+        value(5),
+        after,
+        "a step over the out stops after it\n{context}"
+    );
     assert_eq!(exits.len(), 3, "{context}");
     assert_eq!(exits[1] + 1, exits[0], "before the exit\n{context}");
     assert_eq!(exits[2], exits[0], "and after it again\n{context}");

@@ -414,6 +414,13 @@ impl Machine {
                 Err(e) => return Err(MachineError::Run(e)),
             };
 
+            // A port or MMIO access (its instruction completes at the next
+            // KVM_RUN), for a requested single step below.
+            let access_exit = !matches!(pending, Pending::Kicked | Pending::Watched { .. })
+                && matches!(
+                    self.vcpus[self.current].get_kvm_run().exit_reason,
+                    kvm_bindings::KVM_EXIT_IO | kvm_bindings::KVM_EXIT_MMIO
+                );
             self.kicker.progress();
             self.fill_trace_rips(traced);
             if let Some((kind, addr, value)) = read_mark {
@@ -513,6 +520,23 @@ impl Machine {
                     self.arm_step_over()?;
                     self.step_over_armed = true;
                 }
+            }
+            if access_exit
+                && cond.single_step
+                && self.step_over_armed
+                && self.watches.pending.is_none()
+            {
+                // A requested step whose instruction made a port or MMIO
+                // exit: complete the instruction without entering the guest
+                // and stop after it. On software-nested KVM the step's own
+                // trap comes only after the next instruction, so entering
+                // again would run two; on hardware KVM the completion
+                // reports the trap (consumed here).
+                self.settle()?;
+                self.step_over_armed = false;
+                self.disarm_step_over()?;
+                let rip = self.regs()?.rip;
+                return Ok(StopReason::Stepped { rip });
             }
             if cond.interrupted() {
                 return Ok(StopReason::Interrupted);
