@@ -72,6 +72,10 @@ pub struct CrashRecord {
     pub flaky: bool,
     /// The replay's verdict when it differed.
     pub replay: Option<Verdict>,
+    /// Kicks that moved virtual time host-timed during the run that found
+    /// it (nonzero: a likely cause of a flaky record).
+    #[serde(default)]
+    pub host_timed_kicks: u64,
     /// Seconds from the start of the process that found it.
     pub found_after_secs: f64,
     /// Executions that process ran until it found it.
@@ -291,6 +295,7 @@ impl State {
             input_hex: hex(input),
             flaky,
             replay: if flaky { replay } else { None },
+            host_timed_kicks: exec.host_timed_kicks,
             found_after_secs: self.start.elapsed().as_secs_f64(),
             found_after_execs: self.stats.execs,
             input_file,
@@ -299,10 +304,12 @@ impl State {
         self.progress(true);
         eprintln!(
             "lunavm fuzz: CRASH {sig}{}: {}",
-            if flaky {
-                " (FLAKY: the replay differed)"
-            } else {
-                ""
+            match (flaky, exec.host_timed_kicks) {
+                (false, _) => String::new(),
+                (true, 0) => " (FLAKY: the replay differed)".into(),
+                (true, k) => format!(
+                    " (FLAKY: the replay differed; {k} host-timed kicks moved virtual time in the run)"
+                ),
             },
             exec.verdict.title
         );

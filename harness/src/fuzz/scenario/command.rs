@@ -156,6 +156,12 @@ fn run_inner(o: &FuzzOptions) -> Result<u8, CampaignError> {
             r.first.exits,
             crate::report::format_ns(r.first.vtime_ns)
         );
+        if r.first.host_timed_kicks > 0 {
+            println!(
+                "determinism: {} kicks moved virtual time host-timed in this run (the guest spun in a way lunavm could not recognise): the verdict may not reproduce",
+                r.first.host_timed_kicks
+            );
+        }
         println!(
             "coverage: {} new blocks, {} non-zero bytes in the guest's map, {} comparisons",
             r.first.new_blocks.len(),

@@ -110,6 +110,10 @@ pub struct Execution {
     pub restored_pages: u64,
     /// Wall time of that restore (ns).
     pub restore_ns: u128,
+    /// Kicks that moved virtual time host-timed during the run (a guest
+    /// spinning in a way lunavm could not recognise): nonzero means the
+    /// verdict may not reproduce.
+    pub host_timed_kicks: u64,
 }
 
 /// Runs the scenario's `fuzz_setup` in a fresh Lua state and saves the
@@ -407,12 +411,17 @@ impl Engine {
         let restored = script_snapshot::restore(&lua, &st, self.snap_id, None)?;
         let restore_ns = t_restore.elapsed().as_nanos();
         let restored_pages: u64 = restored.get("pages").unwrap_or(0);
-        let (serial_start, t0, e0) = {
+        let (serial_start, t0, e0, k0) = {
             let mut g = st.borrow_mut();
             let m = g.machine()?;
             // Feedback of the setup and of the previous input is not this one's.
             m.drain_fuzz_feedback();
-            (m.serial_len(), m.clock().now_ns(), m.clock().guest_exits())
+            (
+                m.serial_len(),
+                m.clock().now_ns(),
+                m.clock().guest_exits(),
+                m.exits().kick_time_jumps,
+            )
         };
         let data = lua.create_string(input)?;
         let injected = self.inject.call::<()>((data, self.ctx.clone()));
@@ -441,6 +450,7 @@ impl Engine {
         let serial = m.serial_output_since(serial_start);
         let exits = m.clock().guest_exits() - e0;
         let vtime_ns = m.clock().now_ns() - t0;
+        let host_timed_kicks = m.exits().kick_time_jumps.saturating_sub(k0);
         let (hits, removed, cmps) = m.drain_fuzz_feedback();
         let sym = Symbols(self.elf.as_ref());
         let verdict = match end {
@@ -482,6 +492,7 @@ impl Engine {
             guest_map,
             restored_pages,
             restore_ns,
+            host_timed_kicks,
         };
         if let Some(f) = &self.verdict_fn {
             self.apply_verdict_fn(f.clone(), &mut exec)?;
