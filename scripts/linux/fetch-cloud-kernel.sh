@@ -33,13 +33,21 @@ esac
 command -v apt-cache >/dev/null && command -v dpkg-deb >/dev/null \
     || die "needs apt-cache, apt-get and dpkg-deb (a Debian host)"
 
-image=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null \
-    | awk '/Depends: linux-image-[0-9].*-cloud-amd64$/ {print $2; exit}')
-[ -n "$image" ] || die "no linux-image-cloud-amd64 in the package lists (apt-get update?)"
-pkg=$image-unsigned
-version=${image#linux-image-}
-dir=$cache/out/cloud/$version
-modules=$dir/modules
+# The version the package lists name now (sets image, pkg, version, dir, modules).
+resolve() {
+    image=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null \
+        | awk '/Depends: linux-image-[0-9].*-cloud-amd64$/ {print $2; exit}')
+    pkg=$image-unsigned
+    version=${image#linux-image-}
+    dir=$cache/out/cloud/$version
+    modules=$dir/modules
+    [ -n "$image" ]
+}
+if ! resolve; then
+    log "no linux-image-cloud-amd64 in the package lists: apt-get update"
+    apt-get update -qq >/dev/null 2>&1 || true
+    resolve || die "no linux-image-cloud-amd64 in the package lists, even after apt-get update"
+fi
 
 if [ -f "$dir/boot/vmlinuz-$version" ] && [ -s "$modules/load-order" ]; then
     log "up to date, nothing to do ($pkg)"
@@ -48,9 +56,14 @@ else
     tmp=$(mktemp -d)
     trap 'rm -rf "$tmp"' EXIT
     log "downloading $pkg"
-    (cd "$tmp" && apt-get download -qq "$pkg" >/dev/null 2>&1) \
-        || { apt-get update -qq >/dev/null 2>&1 && (cd "$tmp" && apt-get download -qq "$pkg"); } \
-        || die "cannot download $pkg"
+    if ! (cd "$tmp" && apt-get download -qq "$pkg" >/dev/null 2>&1); then
+        # Stale package lists: the archive may have moved on to a newer
+        # kernel, which the refreshed lists name.
+        log "download failed: apt-get update, then the version the lists name"
+        apt-get update -qq >/dev/null 2>&1 || true
+        resolve || die "no linux-image-cloud-amd64 in the package lists after apt-get update"
+        (cd "$tmp" && apt-get download -qq "$pkg") || die "cannot download $pkg"
+    fi
     mkdir -p "$dir"
     dpkg-deb --fsys-tarfile "$tmp"/"$pkg"_*.deb | tar -x -C "$dir" ./boot
     dpkg-deb --fsys-tarfile "$tmp"/"$pkg"_*.deb | tar -x -C "$tmp" "./lib/modules/$version/kernel"
