@@ -1363,3 +1363,73 @@ fn gdb_breaks_and_steps_in_user_mode() {
         assert_eq!(report[key], plain[key], "{key}\n{context}");
     }
 }
+
+/// `continue` from a breakpoint in user mode steps over it there, and a
+/// `stepi` onto and over a `syscall` (which this project's host leaves at
+/// CPL3 for lunavm's SYSCALL path to finish) ends at LSTAR in the kernel.
+#[test]
+fn gdb_continues_from_a_user_mode_breakpoint_and_steps_over_syscall() {
+    require_kvm();
+    let elf = guest_elf("usermode");
+    let user_syscall =
+        USER_PLAIN + symbol_address(&elf, "um_user_syscall") - symbol_address(&elf, "um_user_code");
+    let entry = symbol_address(&elf, "um_syscall_entry");
+    let (_dir, elf_path) = temp_file("usermode.elf", &elf);
+    let port = free_port();
+    let server = start_server(
+        &["--guest", "usermode", "--cmdline", "only=syscall rounds=3"],
+        port,
+    );
+    let commands: Vec<String> = [
+        "set architecture i386:x86-64".to_string(),
+        format!("target remote 127.0.0.1:{port}"),
+        "break um_sysret_user".into(),
+        "break um_enter_user".into(),
+        "continue".into(),
+        "delete".into(),
+        format!("break *{user_syscall:#x}"),
+        "continue".into(),
+        // Round 2: from the breakpoint, a step over it in user mode.
+        "continue".into(),
+        "p/x $pc".into(),
+        "stepi".into(),
+        "p/x $pc".into(),
+        "x/i $pc".into(),
+        "stepi".into(),
+        "p/x $pc".into(),
+        "p $cs & 3".into(),
+        "delete".into(),
+        "continue".into(),
+    ]
+    .into_iter()
+    .collect();
+    let transcript = run_gdb(&elf_path, &commands, |_| {});
+    let (code, stdout, stderr) = finish_server(server);
+    let context = format!("gdb:\n{transcript}\nlunavm stdout:\n{stdout}\nlunavm stderr:\n{stderr}");
+    eprintln!("{context}");
+    assert_eq!(
+        transcript
+            .matches(&format!("Breakpoint 3, {user_syscall:#018x} in ?? ()"))
+            .count(),
+        2,
+        "{context}"
+    );
+    // mov $0x1234,%eax is 5 bytes; then the syscall lands at LSTAR, CPL0.
+    assert!(
+        transcript.contains(&format!(" = {:#x}\n", user_syscall + 5)),
+        "{context}"
+    );
+    assert!(transcript.contains(":\tsyscall"), "{context}");
+    assert!(
+        transcript.contains(&format!("$3 = {entry:#x}\n")),
+        "{context}"
+    );
+    assert!(transcript.contains("$4 = 0\n"), "{context}");
+    assert_eq!(
+        stdout.matches("usermode: syscall: ok").count(),
+        3,
+        "{context}"
+    );
+    assert!(transcript.contains("exited normally"), "{context}");
+    assert_eq!(code, Some(0), "{context}");
+}

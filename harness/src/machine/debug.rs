@@ -300,19 +300,26 @@ impl Machine {
     /// instruction a breakpoint stopped at (RFLAGS.RF is not honoured by every
     /// KVM). The next exit, whatever it is, re-arms the breakpoints.
     /// Software breakpoints are lifted from memory for the step. The
-    /// user-mode path's handler breakpoints stay on (the step's #DB may go
-    /// to the guest's handler), unless the step starts on one.
+    /// compatibility paths' handler breakpoints stay on (the step's #DB, or
+    /// a stepped `syscall`'s #PF, may go to the guest's handler), unless the
+    /// step starts on one.
     pub(crate) fn arm_step_over(&mut self) -> Result<(), MachineError> {
         self.lift_sw_breakpoints();
-        let here = if self.user_debug.handlers().next().is_some() {
+        let kept = self.user_debug.handlers().next().is_some()
+            || self
+                .debug_regs
+                .addresses(Owner::SyscallCompat)
+                .next()
+                .is_some();
+        let here = if kept {
             Some(crate::vm::regs::linear_rip(&self.regs()?, &self.sregs()?))
         } else {
             None
         };
         // Data breakpoints stay on: the stepped instruction may hit one.
-        let mut dbg = self
-            .debug_regs
-            .guest_debug_keeping(|addr, owner| owner == Owner::UserDebug && Some(addr) != here);
+        let mut dbg = self.debug_regs.guest_debug_keeping(|addr, owner| {
+            matches!(owner, Owner::UserDebug | Owner::SyscallCompat) && Some(addr) != here
+        });
         dbg.control |= KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP;
         for vcpu in &self.vcpus {
             vcpu.set_guest_debug(&dbg)

@@ -62,6 +62,8 @@ enum Pending {
 const BP_VECTOR: u32 = 3;
 /// The #DB exception vector, as KVM reports it in a debug exit.
 const DB_VECTOR: u32 = 1;
+/// RFLAGS.TF.
+const RFLAGS_TF: u64 = 1 << 8;
 /// The #BP exception vector, for injection.
 const BP_VECTOR_U8: u8 = 3;
 
@@ -446,6 +448,30 @@ impl Machine {
                     if exception != BP_VECTOR && self.user_debug.is_handler(pc) =>
                 {
                     self.user_debug_exit(pc, pending)?
+                }
+                // A stepped `syscall` the host left at CPL3 faults at LSTAR:
+                // finished, the step ends at LSTAR as on hardware.
+                Pending::Debug { pc, exception, .. }
+                    if exception != BP_VECTOR
+                        && self.step_over_armed
+                        && self.syscall_compat.is_handler(pc) =>
+                {
+                    match self.syscall_compat_hit()? {
+                        syscall_compat::Hit::Completed => {
+                            // The step's TF is lunavm's: not in the saved
+                            // RFLAGS (R11) nor in the kernel's.
+                            let mut regs = self.regs()?;
+                            regs.r11 &= !RFLAGS_TF;
+                            regs.rflags &= !RFLAGS_TF;
+                            self.set_regs(&regs)?;
+                            Pending::Debug {
+                                pc: regs.rip,
+                                exception: DB_VECTOR,
+                                dr6: super::debug::DR6_BS,
+                            }
+                        }
+                        syscall_compat::Hit::PageFault => pending,
+                    }
                 }
                 p => p,
             };
