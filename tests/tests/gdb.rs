@@ -1433,3 +1433,43 @@ fn gdb_continues_from_a_user_mode_breakpoint_and_steps_over_syscall() {
     assert!(transcript.contains("exited normally"), "{context}");
     assert_eq!(code, Some(0), "{context}");
 }
+
+/// An `int3` of the guest's own in user mode goes to the guest's #BP
+/// handler untouched while lunavm's user-mode path is armed (a software
+/// breakpoint elsewhere): the usermode guest has no #BP handler and reports
+/// the exception with the RIP past the `int3`.
+#[test]
+fn gdb_user_mode_int3_of_the_guest_reaches_its_handler() {
+    require_kvm();
+    let (_dir, elf_path) = temp_file("usermode.elf", &guest_elf("usermode"));
+    let port = free_port();
+    let server = start_server(&["--guest", "usermode", "--cmdline", "only=sysret"], port);
+    let commands: Vec<String> = [
+        "set architecture i386:x86-64".to_string(),
+        format!("target remote 127.0.0.1:{port}"),
+        "break um_sysret_user".into(),
+        "continue".into(),
+        format!("break *{:#x}", USER_PLAIN + 10),
+        format!("set {{unsigned char}}{USER_PLAIN:#x} = 0xcc"),
+        "continue".into(),
+    ]
+    .into_iter()
+    .collect();
+    let transcript = run_gdb(&elf_path, &commands, |_| {});
+    let (code, stdout, stderr) = finish_server(server);
+    let context = format!("gdb:\n{transcript}\nlunavm stdout:\n{stdout}\nlunavm stderr:\n{stderr}");
+    eprintln!("{context}");
+    assert!(
+        stdout.contains(&format!(
+            "unexpected exception 3 (#BP) error=0x0 rip={:#x}",
+            USER_PLAIN + 1
+        )),
+        "{context}"
+    );
+    assert!(!transcript.contains("Breakpoint 2,"), "{context}");
+    assert_ne!(code, Some(0), "{context}");
+    let probe = lunavm::vm::user_debug_probe::cached();
+    if probe.int3_needs_idt() {
+        assert!(stderr.contains("guest's own passed 1"), "{context}");
+    }
+}
