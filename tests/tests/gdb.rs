@@ -159,7 +159,8 @@ fn finish_server(mut server: Server) -> (Option<i32>, String, String) {
 /// numbers `[PAGE]`, RIP-relative displacements `[DISP]` and instruction
 /// counts `[N]`; everything else (fixed
 /// addresses, values) is the same on every run. The debug-register probe's
-/// verdict in `monitor watches` becomes `[DR PROBE]` (it is the host's).
+/// verdict in `monitor watches` becomes `[DR PROBE]` (it is the host's), and
+/// so do the lines of `monitor userdebug` (`[HOST]`).
 fn assert_transcript(name: &str, transcript: &str) {
     insta::with_settings!({
         filters => vec![
@@ -174,6 +175,8 @@ fn assert_transcript(name: &str, transcript: &str) {
             (r"\b0x[0-9a-f]+\(%rip\)", "[DISP](%rip)"),
             // What the startup probe measured of the host's debug registers.
             (r"data breakpoints [a-z ]+ at CPL0 and [a-z ]+ at CPL3", "[DR PROBE]"),
+            // What `monitor userdebug` says depends on the host's probe.
+            (r"(?m)^(host|user-mode path|taken back):? .*$", "$1 [HOST]"),
         ],
     }, {
         insta::assert_snapshot!(name, transcript);
@@ -1295,7 +1298,7 @@ fn gdb_breaks_and_steps_in_user_mode() {
     for _ in 0..3 {
         commands.extend(["stepi", "p/x $pc", "p $cs & 3"].map(String::from));
     }
-    commands.extend(["p/x $rdi", "continue"].map(String::from));
+    commands.extend(["p/x $rdi", "monitor userdebug", "continue"].map(String::from));
     let transcript = run_gdb(&elf_path, &commands, |_| {});
     let (code, stdout, stderr) = finish_server(server);
     let context = format!("gdb:\n{transcript}\nlunavm stdout:\n{stdout}\nlunavm stderr:\n{stderr}");
@@ -1342,6 +1345,13 @@ fn gdb_breaks_and_steps_in_user_mode() {
         "{u}\n{context}"
     );
     assert_eq!(u["passed"], 0, "{u}\n{context}");
+    if probe.int3_needs_idt() && probe.step_needs_idt() {
+        assert!(
+            transcript.contains("user-mode path on: #BP handler breakpoint 0x")
+                && transcript.contains("taken back: 1 breakpoints, 3 steps;"),
+            "{context}"
+        );
+    }
     // Harness-caused: the guest's exits and virtual time are those of a run
     // without gdb.
     let plain_path = dir.path().join("plain.json");
