@@ -445,7 +445,9 @@ impl Machine {
             // handlers (harness-caused: no virtual time passes).
             let pending = match pending {
                 Pending::Debug { pc, exception, .. }
-                    if exception != BP_VECTOR && self.user_debug.is_handler(pc) =>
+                    if exception != BP_VECTOR
+                        && self.spin.is_none()
+                        && self.user_debug.is_handler(pc) =>
                 {
                     self.user_debug_exit(pc, pending)?
                 }

@@ -8,10 +8,10 @@
 //! breakpoints fire there, on the first instruction of an IDT handler too.
 //! So lunavm watches the two handlers:
 //!
-//! - While software breakpoints are set, or a step starts at CPL3, an
-//!   execution breakpoint (owner [`Owner::UserDebug`]) sits on each of the
-//!   guest's #BP and #DB handlers, read from the IDT's vector-3 and vector-1
-//!   gates. The gates are read again at each `run` call and at every exit
+//! - While software breakpoints are set on user-accessible pages, or a step
+//!   starts at CPL3, an execution breakpoint (owner [`Owner::UserDebug`])
+//!   sits on each of the guest's #BP and #DB handlers, read from the IDT's
+//!   vector-3 and vector-1 gates. The gates are read again at each `run` call and at every exit
 //!   while the breakpoints are wanted, so they follow the guest's IDT. They
 //!   stay on during lunavm's single steps (the other execution breakpoints
 //!   are off then).
@@ -241,7 +241,7 @@ impl Machine {
     /// Whether the handler breakpoints are wanted now.
     fn user_debug_wanted(&self) -> (bool, bool) {
         let u = &self.user_debug;
-        let sw = !self.sw_breakpoints.list().is_empty();
+        let sw = self.sw_breakpoints.list().iter().any(|b| b.user);
         let bp = sw && u.probe.int3_needs_idt();
         // A step over one of those breakpoints, or a requested step.
         let db = (sw || u.stepping) && u.probe.step_needs_idt();
