@@ -7,6 +7,7 @@ use crate::boot::Protocol;
 use crate::devices::bus::Unclaimed;
 use crate::machine::drwatch::{WatchMode, WatchReport};
 use crate::machine::syscall_compat::SyscallCompatReport;
+use crate::machine::userdbg::UserDebugReport;
 use crate::machine::{ExitCounts, Machine, StopReason, UcallLog};
 use crate::vm::cpuid::CpuProfile;
 
@@ -67,6 +68,9 @@ pub struct RunReport {
     pub completions: BTreeMap<&'static str, u64>,
     /// The SYSCALL compatibility path: what the host does, what lunavm did.
     pub syscall_compat: SyscallCompatReport,
+    /// User-mode software breakpoints and single steps: what the startup
+    /// probe measured, what lunavm took back from the guest's handlers.
+    pub user_debug: UserDebugReport,
     /// Data watches: the mechanism, what the startup probe measured of the
     /// debug registers, and what was set and hit.
     pub watches: WatchReport,
@@ -121,6 +125,7 @@ impl RunReport {
                 .map(|(e, n)| (e.name(), *n))
                 .collect(),
             syscall_compat: machine.syscall_compat(),
+            user_debug: machine.user_debug(),
             watches: machine.watch_report(),
             ucalls: machine.ucalls().clone(),
             post_code: machine.post_code(),
@@ -206,6 +211,22 @@ impl RunReport {
                 } else {
                     ""
                 }
+            );
+        }
+        let u = &self.user_debug;
+        if u.breakpoints + u.steps + u.passed > 0 || u.starved {
+            let _ = writeln!(
+                s,
+                "  user debug breakpoints {} and steps {} taken back from the guest's #BP/#DB handlers, guest's own passed {}{} ({})",
+                u.breakpoints,
+                u.steps,
+                u.passed,
+                if u.starved {
+                    "; no debug register was free for a handler breakpoint"
+                } else {
+                    ""
+                },
+                u.probe
             );
         }
         if let Some(line) = watch_line(&self.watches) {

@@ -159,7 +159,8 @@ fn finish_server(mut server: Server) -> (Option<i32>, String, String) {
 /// numbers `[PAGE]`, RIP-relative displacements `[DISP]` and instruction
 /// counts `[N]`; everything else (fixed
 /// addresses, values) is the same on every run. The debug-register probe's
-/// verdict in `monitor watches` becomes `[DR PROBE]` (it is the host's).
+/// verdict in `monitor watches` becomes `[DR PROBE]` (it is the host's), and
+/// so do the lines of `monitor userdebug` (`[HOST]`).
 fn assert_transcript(name: &str, transcript: &str) {
     insta::with_settings!({
         filters => vec![
@@ -174,6 +175,8 @@ fn assert_transcript(name: &str, transcript: &str) {
             (r"\b0x[0-9a-f]+\(%rip\)", "[DISP](%rip)"),
             // What the startup probe measured of the host's debug registers.
             (r"data breakpoints [a-z ]+ at CPL0 and [a-z ]+ at CPL3", "[DR PROBE]"),
+            // What `monitor userdebug` says depends on the host's probe.
+            (r"(?m)^(host|user-mode path|taken back):? .*$", "$1 [HOST]"),
         ],
     }, {
         insta::assert_snapshot!(name, transcript);
@@ -1246,4 +1249,237 @@ fn gdb_stepi_blocks_interrupts_and_reverse_replays_the_same_way() {
     // than a plain run, but it ran to its end.
     assert!(stdout.contains("timer: ticks "), "{context}");
     assert_eq!(code, plain.status.code(), "{context}");
+}
+
+/// The user-mode VA of um_user_plain in the `usermode` guest (its user code
+/// page starts with it): `movabs` (10 bytes), `mov %cs,%eax` (2), `mov
+/// %rax,0x8(%rdi)` (4).
+const USER_PLAIN: u64 = 0x80_0000_0000;
+
+/// A software breakpoint and single steps in guest user mode (CPL3). On a
+/// host that delivers a CPL3 `int3` and single step to the guest's IDT (the
+/// startup probe measures it; this project's software-nested KVM does),
+/// lunavm takes them back from the guest's #BP and #DB handlers; elsewhere
+/// KVM reports them itself. Either way gdb stops on the breakpoint, steps
+/// instruction by instruction in user mode, and the guest then runs to its
+/// normal end.
+#[test]
+fn gdb_breaks_and_steps_in_user_mode() {
+    require_kvm();
+    let (dir, elf_path) = temp_file("usermode.elf", &guest_elf("usermode"));
+    let report_path = dir.path().join("report.json");
+    let report_arg = report_path.to_str().expect("a UTF-8 path");
+    let port = free_port();
+    let server = start_server(
+        &[
+            "--guest",
+            "usermode",
+            "--cmdline",
+            "only=sysret",
+            "--report",
+            report_arg,
+        ],
+        port,
+    );
+    let mut commands: Vec<String> = [
+        "set architecture i386:x86-64".to_string(),
+        format!("target remote 127.0.0.1:{port}"),
+        // The user pages are mapped by then.
+        "break um_sysret_user".into(),
+        "continue".into(),
+        format!("break *{USER_PLAIN:#x}"),
+        "continue".into(),
+        "p/x $pc".into(),
+        "p $cs & 3".into(),
+        "x/3i $pc".into(),
+    ]
+    .into_iter()
+    .collect();
+    for _ in 0..3 {
+        commands.extend(["stepi", "p/x $pc", "p $cs & 3"].map(String::from));
+    }
+    commands.extend(["p/x $rdi", "monitor userdebug", "continue"].map(String::from));
+    let transcript = run_gdb(&elf_path, &commands, |_| {});
+    let (code, stdout, stderr) = finish_server(server);
+    let context = format!("gdb:\n{transcript}\nlunavm stdout:\n{stdout}\nlunavm stderr:\n{stderr}");
+    eprintln!("{context}");
+    assert_transcript("gdb_user_mode_breakpoint_and_steps", &transcript);
+    assert!(
+        transcript.contains(&format!("Breakpoint 2, {USER_PLAIN:#018x} in ?? ()")),
+        "{context}"
+    );
+    // The breakpoint, then one instruction per stepi, all at CPL3.
+    for pc in [
+        USER_PLAIN,
+        USER_PLAIN + 10,
+        USER_PLAIN + 12,
+        USER_PLAIN + 16,
+    ] {
+        assert!(
+            transcript.contains(&format!(" = {pc:#x}\n")),
+            "{pc:#x}\n{context}"
+        );
+    }
+    assert_eq!(transcript.matches(" = 3\n").count(), 4, "{context}");
+    // The movabs ran.
+    assert!(transcript.contains("= 0x8000002000\n"), "{context}");
+    assert!(stdout.contains("usermode: sysret: ok"), "{context}");
+    assert!(transcript.contains("exited normally"), "{context}");
+    assert_eq!(code, Some(0), "{context}");
+    let probe = lunavm::vm::user_debug_probe::cached();
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&report_path).expect("lunavm wrote its report"),
+    )
+    .expect("the report parses");
+    let u = &report["user_debug"];
+    let taken = |yes: bool, n: u64| if yes { n } else { 0 };
+    assert_eq!(
+        u["breakpoints"],
+        taken(probe.int3_needs_idt(), 1),
+        "{u}\n{context}"
+    );
+    // The three stepi, and the step over the user breakpoint is the first.
+    assert_eq!(
+        u["steps"],
+        taken(probe.step_needs_idt(), 3),
+        "{u}\n{context}"
+    );
+    assert_eq!(u["passed"], 0, "{u}\n{context}");
+    if probe.int3_needs_idt() && probe.step_needs_idt() {
+        assert!(
+            transcript.contains("user-mode path on: #BP handler breakpoint 0x")
+                && transcript.contains("taken back: 1 breakpoints, 3 steps;"),
+            "{context}"
+        );
+    }
+    // Harness-caused: the guest's exits and virtual time are those of a run
+    // without gdb.
+    let plain_path = dir.path().join("plain.json");
+    let plain = common::lunavm(&[
+        "run",
+        "--guest",
+        "usermode",
+        "--cmdline",
+        "only=sysret",
+        "--report",
+        plain_path.to_str().expect("a UTF-8 path"),
+    ]);
+    assert_eq!(plain.code, Some(0), "{}", plain.stderr);
+    let plain: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&plain_path).expect("lunavm wrote its report"),
+    )
+    .expect("the report parses");
+    for key in ["guest_exits", "virtual_time_ns"] {
+        assert_eq!(report[key], plain[key], "{key}\n{context}");
+    }
+}
+
+/// `continue` from a breakpoint in user mode steps over it there, and a
+/// `stepi` onto and over a `syscall` (which this project's host leaves at
+/// CPL3 for lunavm's SYSCALL path to finish) ends at LSTAR in the kernel.
+#[test]
+fn gdb_continues_from_a_user_mode_breakpoint_and_steps_over_syscall() {
+    require_kvm();
+    let elf = guest_elf("usermode");
+    let user_syscall =
+        USER_PLAIN + symbol_address(&elf, "um_user_syscall") - symbol_address(&elf, "um_user_code");
+    let entry = symbol_address(&elf, "um_syscall_entry");
+    let (_dir, elf_path) = temp_file("usermode.elf", &elf);
+    let port = free_port();
+    let server = start_server(
+        &["--guest", "usermode", "--cmdline", "only=syscall rounds=3"],
+        port,
+    );
+    let commands: Vec<String> = [
+        "set architecture i386:x86-64".to_string(),
+        format!("target remote 127.0.0.1:{port}"),
+        "break um_sysret_user".into(),
+        "break um_enter_user".into(),
+        "continue".into(),
+        "delete".into(),
+        format!("break *{user_syscall:#x}"),
+        "continue".into(),
+        // Round 2: from the breakpoint, a step over it in user mode.
+        "continue".into(),
+        "p/x $pc".into(),
+        "stepi".into(),
+        "p/x $pc".into(),
+        "x/i $pc".into(),
+        "stepi".into(),
+        "p/x $pc".into(),
+        "p $cs & 3".into(),
+        "delete".into(),
+        "continue".into(),
+    ]
+    .into_iter()
+    .collect();
+    let transcript = run_gdb(&elf_path, &commands, |_| {});
+    let (code, stdout, stderr) = finish_server(server);
+    let context = format!("gdb:\n{transcript}\nlunavm stdout:\n{stdout}\nlunavm stderr:\n{stderr}");
+    eprintln!("{context}");
+    assert_eq!(
+        transcript
+            .matches(&format!("Breakpoint 3, {user_syscall:#018x} in ?? ()"))
+            .count(),
+        2,
+        "{context}"
+    );
+    // mov $0x1234,%eax is 5 bytes; then the syscall lands at LSTAR, CPL0.
+    assert!(
+        transcript.contains(&format!(" = {:#x}\n", user_syscall + 5)),
+        "{context}"
+    );
+    assert!(transcript.contains(":\tsyscall"), "{context}");
+    assert!(
+        transcript.contains(&format!("$3 = {entry:#x}\n")),
+        "{context}"
+    );
+    assert!(transcript.contains("$4 = 0\n"), "{context}");
+    assert_eq!(
+        stdout.matches("usermode: syscall: ok").count(),
+        3,
+        "{context}"
+    );
+    assert!(transcript.contains("exited normally"), "{context}");
+    assert_eq!(code, Some(0), "{context}");
+}
+
+/// An `int3` of the guest's own in user mode goes to the guest's #BP
+/// handler untouched while lunavm's user-mode path is armed (a software
+/// breakpoint elsewhere): the usermode guest has no #BP handler and reports
+/// the exception with the RIP past the `int3`.
+#[test]
+fn gdb_user_mode_int3_of_the_guest_reaches_its_handler() {
+    require_kvm();
+    let (_dir, elf_path) = temp_file("usermode.elf", &guest_elf("usermode"));
+    let port = free_port();
+    let server = start_server(&["--guest", "usermode", "--cmdline", "only=sysret"], port);
+    let commands: Vec<String> = [
+        "set architecture i386:x86-64".to_string(),
+        format!("target remote 127.0.0.1:{port}"),
+        "break um_sysret_user".into(),
+        "continue".into(),
+        format!("break *{:#x}", USER_PLAIN + 10),
+        format!("set {{unsigned char}}{USER_PLAIN:#x} = 0xcc"),
+        "continue".into(),
+    ]
+    .into_iter()
+    .collect();
+    let transcript = run_gdb(&elf_path, &commands, |_| {});
+    let (code, stdout, stderr) = finish_server(server);
+    let context = format!("gdb:\n{transcript}\nlunavm stdout:\n{stdout}\nlunavm stderr:\n{stderr}");
+    eprintln!("{context}");
+    assert!(
+        stdout.contains(&format!(
+            "unexpected exception 3 (#BP) error=0x0 rip={:#x}",
+            USER_PLAIN + 1
+        )),
+        "{context}"
+    );
+    assert!(!transcript.contains("Breakpoint 2,"), "{context}");
+    assert_ne!(code, Some(0), "{context}");
+    let probe = lunavm::vm::user_debug_probe::cached();
+    if probe.int3_needs_idt() {
+        assert!(stderr.contains("guest's own passed 1"), "{context}");
+    }
 }

@@ -26,6 +26,7 @@ lunavm monitor commands:
   monitor snapshot list            list the snapshots of this gdb session
   monitor snapshot drop NAME       forget snapshot NAME
   monitor watches                  the watches (gdb's watchpoints), the mechanism each uses, and the KVM memory slots
+  monitor userdebug                user-mode breakpoints and steps: the host probe, the guest #BP/#DB handler breakpoints, counts
   monitor record on|off            keep checkpoints for reverse-stepi and reverse-continue (off by default)
   monitor record                   whether recording is on, and the checkpoints kept
   monitor lua CODE                 run Lua against the stopped machine (the scenario API:
@@ -92,6 +93,10 @@ impl GdbTarget {
             ["watches"] => self
                 .machine()
                 .map(|m| watches_text(&m))
+                .map_err(|e| e.to_string()),
+            ["userdebug"] => self
+                .machine()
+                .map(|m| userdebug_text(&m))
                 .map_err(|e| e.to_string()),
             ["record"] => Ok(self.record_text()),
             ["record", "on"] => {
@@ -321,6 +326,30 @@ fn system_regs(out: &mut String, s: &kvm_sregs) {
 
 /// `monitor watches`: the mechanism, the watches (each with its own) and
 /// the memory slots page watches carved.
+/// `monitor userdebug`: the user-mode breakpoint path.
+fn userdebug_text(machine: &Machine) -> String {
+    let u = machine.user_debug();
+    let at = |h: Option<u64>| h.map_or_else(|| "none".to_string(), |a| format!("{a:#x}"));
+    let path = if u.breakpoints_active || u.steps_active {
+        format!(
+            "on: #BP handler breakpoint {}, #DB handler breakpoint {}{}",
+            at(u.bp_handler),
+            at(u.db_handler),
+            if u.starved {
+                " (no debug register was free for one)"
+            } else {
+                ""
+            }
+        )
+    } else {
+        "off: KVM reports them itself".to_string()
+    };
+    format!(
+        "host: {}\nuser-mode path {path}\ntaken back: {} breakpoints, {} steps; the guest's own #BP/#DB passed: {}\n",
+        u.probe, u.breakpoints, u.steps, u.passed
+    )
+}
+
 fn watches_text(machine: &Machine) -> String {
     let mut out = String::new();
     let r = machine.watch_report();

@@ -28,6 +28,8 @@ pub enum Owner {
     SyscallCompat,
     /// Reverse execution's replay (where the state to reach is).
     Replay,
+    /// User-mode breakpoints and steps (on the guest's #BP and #DB entries).
+    UserDebug,
 }
 
 /// What a data breakpoint fires on (DR7's R/W field; x86 has no read-only
@@ -239,11 +241,17 @@ impl DebugRegs {
     /// `data_only`, the data breakpoints alone (for a step over an
     /// execution breakpoint, which must not lose a data hit).
     fn guest_debug(&self, data_only: bool) -> kvm_guest_debug {
+        self.guest_debug_keeping(|_, _| !data_only)
+    }
+
+    /// The KVM_SET_GUEST_DEBUG argument with the data breakpoints and the
+    /// execution breakpoints `keep` accepts (by address and owner).
+    fn guest_debug_keeping(&self, keep: impl Fn(u64, Owner) -> bool) -> kvm_guest_debug {
         let mut dbg = kvm_guest_debug::default();
         let mut dr7 = 0u64;
         for (i, s) in self.slots.iter().enumerate() {
             if let Some(s) = s {
-                if data_only && s.data.is_none() {
+                if s.data.is_none() && !keep(s.addr, s.owner) {
                     continue;
                 }
                 dbg.arch.debugreg[i] = s.addr;
@@ -291,11 +299,27 @@ impl Machine {
     /// Arms a single step with every execution breakpoint off, to step over the
     /// instruction a breakpoint stopped at (RFLAGS.RF is not honoured by every
     /// KVM). The next exit, whatever it is, re-arms the breakpoints.
-    /// Software breakpoints are lifted from memory for the step.
+    /// Software breakpoints are lifted from memory for the step. The
+    /// compatibility paths' handler breakpoints stay on (the step's #DB, or
+    /// a stepped `syscall`'s #PF, may go to the guest's handler), unless the
+    /// step starts on one.
     pub(crate) fn arm_step_over(&mut self) -> Result<(), MachineError> {
         self.lift_sw_breakpoints();
+        let kept = self.user_debug.handlers().next().is_some()
+            || self
+                .debug_regs
+                .addresses(Owner::SyscallCompat)
+                .next()
+                .is_some();
+        let here = if kept {
+            Some(crate::vm::regs::linear_rip(&self.regs()?, &self.sregs()?))
+        } else {
+            None
+        };
         // Data breakpoints stay on: the stepped instruction may hit one.
-        let mut dbg = self.debug_regs.guest_debug(true);
+        let mut dbg = self.debug_regs.guest_debug_keeping(|addr, owner| {
+            matches!(owner, Owner::UserDebug | Owner::SyscallCompat) && Some(addr) != here
+        });
         dbg.control |= KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP;
         for vcpu in &self.vcpus {
             vcpu.set_guest_debug(&dbg)

@@ -16,6 +16,7 @@ pub mod stop;
 pub mod swbp;
 pub mod syscall_compat;
 pub mod trace;
+pub mod userdbg;
 pub mod virtio;
 pub mod watch;
 
@@ -252,6 +253,7 @@ pub struct Machine {
     pub(crate) block_interrupts: bool,
     /// The SYSCALL compatibility path.
     pub(crate) syscall_compat: syscall_compat::SyscallCompat,
+    pub(crate) user_debug: userdbg::UserDebug,
     /// Step over the current breakpoint before running on (set by exits the
     /// run loop handles itself, e.g. a page fault at the SYSCALL path's
     /// breakpoint).
@@ -397,6 +399,7 @@ impl Machine {
             device_clock,
             block_interrupts: false,
             syscall_compat,
+            user_debug: userdbg::UserDebug::new(crate::vm::user_debug_probe::cached().clone()),
             step_over_now: false,
             spin: None,
             kick_mark: 0,

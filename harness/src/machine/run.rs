@@ -7,6 +7,7 @@ use super::intercept::{le_value, Access, Space};
 use super::platform::Platform;
 use super::syscall_compat;
 use super::trace::ExitKind;
+use super::userdbg;
 use super::{Machine, MachineError, StopCondition, StopReason};
 use crate::clock::Charge;
 use crate::devices::{bus::lock, DeviceEvent, SERIAL_PORT, SERIAL_PORT_LEN, UCALL_PORT};
@@ -61,6 +62,8 @@ enum Pending {
 const BP_VECTOR: u32 = 3;
 /// The #DB exception vector, as KVM reports it in a debug exit.
 const DB_VECTOR: u32 = 1;
+/// RFLAGS.TF.
+const RFLAGS_TF: u64 = 1 << 8;
 /// The #BP exception vector, for injection.
 const BP_VECTOR_U8: u8 = 3;
 
@@ -232,6 +235,7 @@ impl Machine {
             return Ok(stop);
         }
         self.sync_syscall_compat()?;
+        self.user_debug_begin(cond.single_step)?;
         // Step over the instruction a breakpoint stopped at: one single step
         // with the breakpoints off; the exit it ends with re-arms them. A
         // requested single step is the same step, kept armed until its debug
@@ -437,6 +441,42 @@ impl Machine {
                 } if self.data_breakpoint_hit(dr6)? => Pending::DataHit { pc },
                 p => p,
             };
+            // The user-mode path's breakpoints on the guest's #BP and #DB
+            // handlers (harness-caused: no virtual time passes).
+            let pending = match pending {
+                Pending::Debug { pc, exception, .. }
+                    if exception != BP_VECTOR
+                        && self.spin.is_none()
+                        && self.user_debug.is_handler(pc) =>
+                {
+                    self.user_debug_exit(pc, pending)?
+                }
+                // A stepped `syscall` the host left at CPL3 faults at LSTAR:
+                // finished, the step ends at LSTAR as on hardware.
+                Pending::Debug { pc, exception, .. }
+                    if exception != BP_VECTOR
+                        && self.step_over_armed
+                        && self.syscall_compat.is_handler(pc) =>
+                {
+                    match self.syscall_compat_hit()? {
+                        syscall_compat::Hit::Completed => {
+                            // The step's TF is lunavm's: not in the saved
+                            // RFLAGS (R11) nor in the kernel's.
+                            let mut regs = self.regs()?;
+                            regs.r11 &= !RFLAGS_TF;
+                            regs.rflags &= !RFLAGS_TF;
+                            self.set_regs(&regs)?;
+                            Pending::Debug {
+                                pc: regs.rip,
+                                exception: DB_VECTOR,
+                                dr6: super::debug::DR6_BS,
+                            }
+                        }
+                        syscall_compat::Hit::PageFault => pending,
+                    }
+                }
+                p => p,
+            };
             if self.spin.is_some() {
                 let debug = match pending {
                     Pending::Debug { pc, exception, .. } => Some((pc, exception)),
@@ -502,6 +542,10 @@ impl Machine {
             }
             if self.syscall_compat.unarmed() {
                 self.sync_syscall_compat()?;
+            }
+            if !self.step_over_armed && self.user_debug_wants() {
+                // Follow the guest's IDT (a sync mid-step would cancel the step).
+                self.sync_user_debug()?;
             }
             if self.watches.pending.is_some() {
                 if completed {
@@ -690,6 +734,39 @@ impl Machine {
                 } else {
                     self.step_over_now = true;
                     None
+                }
+            }
+        })
+    }
+
+    /// A stop at the user-mode path's breakpoint on a guest #BP or #DB
+    /// handler at `pc`: what the exit becomes. An `int3` of ours becomes a
+    /// #BP exit at its address, lunavm's step a step's debug exit past the
+    /// instruction. The guest's own exception goes on to its handler: while
+    /// a step is armed the exit ends the step there; else a front end's
+    /// breakpoint at the handler stops, or lunavm steps over its own.
+    fn user_debug_exit(&mut self, pc: u64, pending: Pending) -> Result<Pending, MachineError> {
+        Ok(match self.user_debug_hit(pc, self.step_over_armed)? {
+            userdbg::Hit::Breakpoint(addr) => Pending::Debug {
+                pc: addr,
+                exception: BP_VECTOR,
+                dr6: 0,
+            },
+            userdbg::Hit::Stepped(rip) => Pending::Debug {
+                pc: rip,
+                exception: DB_VECTOR,
+                dr6: super::debug::DR6_BS,
+            },
+            userdbg::Hit::Pass => {
+                let shared = self
+                    .debug_regs
+                    .owners_at(pc)
+                    .any(|o| o != super::debug::Owner::UserDebug);
+                if shared || self.step_over_armed {
+                    pending
+                } else {
+                    self.step_over_now = true;
+                    Pending::None
                 }
             }
         })

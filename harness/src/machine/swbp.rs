@@ -21,6 +21,7 @@ use super::debug::Owner;
 use super::{Machine, MachineError};
 use crate::vm::access::{self, AccessError};
 use crate::vm::memory;
+use crate::vm::paging::{self, PagingMode};
 use crate::vm::regs::paging_regs;
 
 /// The `int3` opcode.
@@ -37,6 +38,8 @@ pub struct SwBreakpoint {
     pub orig: u8,
     /// Who set it.
     pub owner: Owner,
+    /// Whether its page was user-accessible (paging on) when it was set.
+    pub user: bool,
 }
 
 /// Errors of setting software breakpoints.
@@ -99,12 +102,15 @@ impl Machine {
                 b[0]
             }
         };
+        let user = paging.mode() != PagingMode::Off
+            && paging::translate(&self.vm.mem, &paging, addr).is_ok_and(|t| t.user);
         let first = self.sw_breakpoints.list.is_empty();
         self.sw_breakpoints.list.push(SwBreakpoint {
             addr,
             gpa,
             orig,
             owner,
+            user,
         });
         if !self.sw_breakpoints.lifted {
             memory::write_phys(&self.vm.mem, gpa, &[INT3]);

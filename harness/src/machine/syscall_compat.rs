@@ -56,8 +56,6 @@ const RFLAGS_RF: u64 = 1 << 16;
 const RFLAGS_VM: u64 = 1 << 17;
 /// EFER.SCE.
 const EFER_SCE: u64 = 1;
-/// EFER.LMA.
-const EFER_LMA: u64 = 1 << 10;
 /// The `syscall` instruction.
 const SYSCALL_BYTES: [u8; 2] = [0x0f, 0x05];
 
@@ -248,22 +246,7 @@ impl Machine {
 
     /// The address in the IDT's vector-14 gate, in long mode with a present gate.
     fn pf_handler(&self) -> Result<Option<u64>, MachineError> {
-        let sregs = self.sregs()?;
-        if sregs.efer & EFER_LMA == 0 || u64::from(sregs.idt.limit) < 14 * 16 + 15 {
-            return Ok(None);
-        }
-        let mut gate = [0u8; 16];
-        let at = sregs.idt.base.wrapping_add(14 * 16);
-        if access::read_virt(&self.vm.mem, &paging_regs(&sregs), at, &mut gate).is_err() {
-            return Ok(None);
-        }
-        if gate[5] & 0x80 == 0 {
-            return Ok(None);
-        }
-        let lo = u64::from(u16::from_le_bytes([gate[0], gate[1]]));
-        let mid = u64::from(u16::from_le_bytes([gate[6], gate[7]]));
-        let hi = u64::from(u32::from_le_bytes([gate[8], gate[9], gate[10], gate[11]]));
-        Ok(Some(lo | mid << 16 | hi << 32))
+        self.idt_handler(14)
     }
 
     fn syscall_msrs(&self) -> Result<[u64; 3], MachineError> {

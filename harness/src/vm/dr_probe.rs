@@ -57,7 +57,7 @@ const DR6_B0: u64 = 1;
 
 /// Errors of setting up the probe (they end up in [`Outcome::Failed`]).
 #[derive(Debug, thiserror::Error)]
-enum DrProbeError {
+pub(super) enum DrProbeError {
     /// The VM could not be built.
     #[error(transparent)]
     Vm(#[from] super::VmError),
@@ -201,7 +201,7 @@ pub fn probe() -> DrProbe {
 }
 
 /// The throw-away VM: code, page tables and long mode.
-fn setup() -> Result<(Vm, VcpuFd), DrProbeError> {
+pub(super) fn setup() -> Result<(Vm, VcpuFd), DrProbeError> {
     let vm = Vm::new(MIN_MEM_SIZE)?;
     let cpuid = cpuid::build(&vm.kvm, CpuProfile::Host).map_err(super::VmError::from)?;
     let vcpu = vm.create_vcpu(0, &cpuid)?;
@@ -229,7 +229,7 @@ fn setup() -> Result<(Vm, VcpuFd), DrProbeError> {
     Ok((vm, vcpu))
 }
 
-fn segment(selector: u16, code: bool, dpl: u8) -> kvm_segment {
+pub(super) fn segment(selector: u16, code: bool, dpl: u8) -> kvm_segment {
     kvm_segment {
         base: 0,
         limit: 0xffff_ffff,

@@ -12,6 +12,7 @@ pub mod paging;
 pub mod regs;
 pub mod slots;
 pub mod syscall_probe;
+pub mod user_debug_probe;
 
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 
