@@ -3,8 +3,9 @@
 //! platform: `--repeat 3` through the console line "Run /init as init
 //! process" and on to 1 s of virtual time (about 100 timer ticks while the
 //! idle /init spins in user mode) sees the same exits (kind, port, value,
-//! virtual time, RIP) and the same serial output, with no host-timed kick.
-//! The final memory is not compared:
+//! virtual time, RIP) and the same serial output, with no host-timed kick;
+//! so does the busybox shell's boot (`--repeat 2` to 2 s, user mode through
+//! the SYSCALL compatibility path). The final memory is not compared:
 //! Linux mixes the TSC (host time) into its random pool (README,
 //! "Determinism").
 
@@ -42,11 +43,13 @@ fn default_cmdline() -> String {
         .to_string()
 }
 
-#[test]
-fn the_linux_boot_repeats_exactly_through_run_init() {
+/// `lunavm run` of the test kernel with `initramfs` (a file in the cache)
+/// to `max_time` of virtual time, `repeat` times; asserts that the runs are
+/// identical with no host-timed kick, and returns the serial output.
+fn repeat_boot(initramfs: &str, max_time: &str, repeat: u32) -> String {
     require_kvm();
     let out = linux_out();
-    let (kernel, initramfs) = (out.join("lunavm/bzImage"), out.join("initramfs-idle.cpio"));
+    let (kernel, initramfs) = (out.join("lunavm/bzImage"), out.join(initramfs));
     assert!(
         kernel.exists() && initramfs.exists(),
         "{} or {} is missing: run scripts/linux/build-kernel.sh and scripts/linux/build-initramfs.sh (scripts/test does)",
@@ -55,6 +58,7 @@ fn the_linux_boot_repeats_exactly_through_run_init() {
     );
     let cmdline = default_cmdline();
     assert!(cmdline.contains("clearcpuid=tsc"), "{cmdline}");
+    let repeat = repeat.to_string();
     let run = lunavm_env(
         &[
             "run",
@@ -67,9 +71,9 @@ fn the_linux_boot_repeats_exactly_through_run_init() {
             "--cmdline",
             &cmdline,
             "--max-time",
-            "1s",
+            max_time,
             "--repeat",
-            "3",
+            &repeat,
             "--repeat-ignore-state",
             "-q",
         ],
@@ -79,7 +83,8 @@ fn the_linux_boot_repeats_exactly_through_run_init() {
     // The virtual-time budget ends each run (exit status 73).
     assert_eq!(run.code, Some(73), "{}", run.stderr);
     assert!(
-        run.stderr.contains("lunavm: repeat: 3 runs identical"),
+        run.stderr
+            .contains(&format!("lunavm: repeat: {repeat} runs identical")),
         "{}",
         run.stderr
     );
@@ -89,9 +94,30 @@ fn the_linux_boot_repeats_exactly_through_run_init() {
         run.stderr
     );
     assert!(run.stdout.contains("Linux version 6.1"), "{}", run.stdout);
+    run.stdout
+}
+
+#[test]
+fn the_linux_boot_repeats_exactly_through_run_init() {
+    let stdout = repeat_boot("initramfs-idle.cpio", "1s", 3);
     assert!(
-        run.stdout.trim_end().ends_with("Run /init as init process"),
-        "/init ran and printed nothing: {}",
-        run.stdout
+        stdout.trim_end().ends_with("Run /init as init process"),
+        "/init ran and printed nothing: {stdout}"
+    );
+}
+
+/// User mode too: busybox's /init mounts file systems and starts the shell
+/// through the SYSCALL compatibility path (on hosts that need it), and its
+/// user code page-faults into the kernel without exits; the runs still
+/// match exit for exit up to 2 s of virtual time, the shell waiting at its
+/// prompt.
+#[test]
+fn the_shell_boot_repeats_exactly_through_user_mode() {
+    let stdout = repeat_boot("initramfs-shell.cpio", "2s", 2);
+    assert!(stdout.contains("lunavm-init: shell on"), "{stdout}");
+    // The prompt, then the terminal query busybox's line editor sends.
+    assert!(
+        stdout.trim_end().ends_with("/ # \x1b[6n"),
+        "at the prompt: {stdout}"
     );
 }

@@ -22,8 +22,8 @@
 //! `nop`, unconditional relative `jmp`: an idle `for (;;) pause();`), every
 //! iteration is the same state; lunavm moves RIP to the cycle's lowest
 //! address and virtual time to the deadline, a spin wait like the kernel's.
-//! Any other user-mode code at a kick moves virtual time at once,
-//! host-timed, as before.
+//! Any other user-mode code at a kick is taken for a computation and left
+//! alone, as in kernel mode.
 //!
 //! A kick that finds no such loop changes nothing (the guest is computing).
 //! Only when [`FALLBACK_KICKS`] kicks in a row found no guest-caused exit and
@@ -209,9 +209,12 @@ impl Machine {
         if sregs.cs.selector & 3 != 0 {
             // User mode: single steps there reach the guest as #DB on some
             // hosts (software-nested KVM), so no probe; a loop that changes
-            // nothing is recognised from its code, anything else gets the
-            // host-timed jump.
-            self.kicks_in_a_row = 0;
+            // nothing is recognised from its code. Anything else is taken
+            // for a computation (on software-nested KVM, user code that
+            // page-faults spends its time in the guest kernel's emulated
+            // handlers without an exit) and left alone, like a kernel-mode
+            // kick that finds no spin wait: only the fallback after
+            // FALLBACK_KICKS in a row moves time host-timed.
             if self.can_probe() {
                 let mut regs = self.regs()?;
                 if let Some(head) = self.user_spin_head(&sregs, regs.rip) {
@@ -219,11 +222,11 @@ impl Machine {
                         regs.rip = head;
                         self.set_regs(&regs)?;
                     }
+                    self.kicks_in_a_row = 0;
                     self.spin_wait_found(head);
-                    return Ok(None);
                 }
             }
-            return Ok(Some(deadline));
+            return Ok(None);
         }
         if self.can_probe() {
             let regs = self.regs()?;
