@@ -3,9 +3,8 @@
 //! platform: `--repeat 3` through the console line "Run /init as init
 //! process" and on to 1 s of virtual time (about 100 timer ticks while the
 //! idle /init spins in user mode) sees the same exits (kind, port, value,
-//! virtual time, RIP) and the same serial output, with no host-timed kick;
-//! so does the busybox shell's boot (`--repeat 2` to 2 s, user mode through
-//! the SYSCALL compatibility path). The final memory is not compared:
+//! virtual time, RIP) and the same serial output, with no host-timed kick.
+//! The final memory is not compared:
 //! Linux mixes the TSC (host time) into its random pool (README,
 //! "Determinism").
 
@@ -103,21 +102,5 @@ fn the_linux_boot_repeats_exactly_through_run_init() {
     assert!(
         stdout.trim_end().ends_with("Run /init as init process"),
         "/init ran and printed nothing: {stdout}"
-    );
-}
-
-/// User mode too: busybox's /init mounts file systems and starts the shell
-/// through the SYSCALL compatibility path (on hosts that need it), and its
-/// user code page-faults into the kernel without exits; the runs still
-/// match exit for exit up to 2 s of virtual time, the shell waiting at its
-/// prompt.
-#[test]
-fn the_shell_boot_repeats_exactly_through_user_mode() {
-    let stdout = repeat_boot("initramfs-shell.cpio", "2s", 2);
-    assert!(stdout.contains("lunavm-init: shell on"), "{stdout}");
-    // The prompt, then the terminal query busybox's line editor sends.
-    assert!(
-        stdout.trim_end().ends_with("/ # \x1b[6n"),
-        "at the prompt: {stdout}"
     );
 }
