@@ -14,7 +14,7 @@ use crate::devices::{bus::lock, DeviceEvent, SERIAL_PORT, SERIAL_PORT_LEN, UCALL
 use crate::emulate::{Completer, Context, FailedInstruction, Outcome};
 use crate::ucall::{self, Command, UCALL_STRUCT_SIZE};
 use crate::vm::access;
-use crate::vm::regs::{code_bitness, linear_rip, paging_regs, RegisterDump};
+use crate::vm::regs::{code_bitness, linear_rip, paging_regs, RegisterDump, RFLAGS_TF};
 
 /// What an exit left to do after the vCPU borrow ends.
 enum Pending {
@@ -62,8 +62,6 @@ enum Pending {
 const BP_VECTOR: u32 = 3;
 /// The #DB exception vector, as KVM reports it in a debug exit.
 const DB_VECTOR: u32 = 1;
-/// RFLAGS.TF.
-const RFLAGS_TF: u64 = 1 << 8;
 /// The #BP exception vector, for injection.
 const BP_VECTOR_U8: u8 = 3;
 

@@ -39,7 +39,7 @@ use kvm_bindings::{kvm_regs, kvm_sregs, KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLE
 use super::trace::ExitKind;
 use super::{Machine, MachineError};
 use crate::vm::access;
-use crate::vm::regs::{code_bitness, paging_regs};
+use crate::vm::regs::{code_bitness, paging_regs, RFLAGS_RF, RFLAGS_TF};
 
 /// Most single steps a probe takes looking for a cycle.
 pub const MAX_STEPS: usize = 64;
@@ -52,9 +52,6 @@ pub const MAX_STATIC: usize = 16;
 /// found: the host-timed fallback that keeps a guest waiting in a loop that
 /// counts (e.g. Linux's `calibrate_delay` without `lpj=`) going.
 pub const FALLBACK_KICKS: u32 = 500;
-
-const RFLAGS_TF: u64 = 1 << 8;
-const RFLAGS_RF: u64 = 1 << 16;
 
 /// The state a probe compares between steps: RIP first (the canonical state
 /// is the smallest), RFLAGS without TF and RF, the 16 general registers.

@@ -43,15 +43,13 @@ use super::{Machine, MachineError};
 use crate::clock::Charge;
 use crate::emulate::Entry;
 use crate::vm::access;
-use crate::vm::regs::paging_regs;
+use crate::vm::regs::{paging_regs, RFLAGS_RF};
 use crate::vm::syscall_probe::{self, SyscallProbe, MSR_LSTAR, MSR_SFMASK, MSR_STAR};
 
 /// #PF error code: the access came from user mode.
 const PF_USER: u64 = 1 << 2;
 /// #PF error code: an instruction fetch.
 const PF_FETCH: u64 = 1 << 4;
-/// RFLAGS.RF.
-const RFLAGS_RF: u64 = 1 << 16;
 /// RFLAGS.VM.
 const RFLAGS_VM: u64 = 1 << 17;
 /// EFER.SCE.

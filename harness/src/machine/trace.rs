@@ -49,7 +49,7 @@ impl ExitKind {
 
 /// RFLAGS bits single-stepping may change (TF, RF): left out of marks, so a
 /// stepped exit and a native one compare equal.
-pub const STEP_FLAGS: u64 = (1 << 8) | (1 << 16);
+pub const STEP_FLAGS: u64 = crate::vm::regs::RFLAGS_TF | crate::vm::regs::RFLAGS_RF;
 
 /// What a mark records of an exit besides the registers.
 #[derive(Clone, Copy, Debug)]

@@ -40,7 +40,7 @@ use kvm_bindings::kvm_segment;
 use super::debug::{Owner, DR6_BS};
 use super::{Machine, MachineError};
 use crate::vm::access;
-use crate::vm::regs::paging_regs;
+use crate::vm::regs::{paging_regs, RFLAGS_RF, RFLAGS_TF};
 use crate::vm::user_debug_probe::UserDebugProbe;
 
 /// The #DB vector.
@@ -49,10 +49,6 @@ const DB: u8 = 1;
 const BP: u8 = 3;
 /// EFER.LMA.
 const EFER_LMA: u64 = 1 << 10;
-/// RFLAGS.TF.
-const RFLAGS_TF: u64 = 1 << 8;
-/// RFLAGS.RF.
-const RFLAGS_RF: u64 = 1 << 16;
 
 /// The path's state and counters, for reports.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]

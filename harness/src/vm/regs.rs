@@ -234,8 +234,12 @@ pub const RFLAGS_AF: u64 = 1 << 4;
 pub const RFLAGS_ZF: u64 = 1 << 6;
 /// RFLAGS.SF.
 pub const RFLAGS_SF: u64 = 1 << 7;
+/// RFLAGS.TF (single-step trap).
+pub const RFLAGS_TF: u64 = 1 << 8;
 /// RFLAGS.OF.
 pub const RFLAGS_OF: u64 = 1 << 11;
+/// RFLAGS.RF (resume: no instruction breakpoint on the next instruction).
+pub const RFLAGS_RF: u64 = 1 << 16;
 /// RFLAGS.AC.
 pub const RFLAGS_AC: u64 = 1 << 18;
 
